@@ -1,0 +1,93 @@
+"""The sample Flask app that flaskstack deploys.
+
+It stands for the user's app: the roles know it only through the variables in
+the inventory (entry point, requirements file, static folder, init command).
+
+Configuration comes from the environment, read by ``from_prefixed_env``:
+
+* ``FLASK_SECRET_KEY``: required outside debug and testing.
+* ``FLASK_SQLALCHEMY_DATABASE_URI``: defaults to SQLite in the instance folder.
+* ``FLASK_INSTANCE_PATH``: where the instance folder (the SQLite file) lives.
+* ``FLASK_RELEASE_ID``: defaults to the ``REVISION`` file that flaskstack
+  writes at the root of every release.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flask import Flask, jsonify, render_template
+from sqlalchemy import text
+
+from .models import Visit, db
+
+RELEASE_FILE = Path(__file__).resolve().parent.parent / "REVISION"
+
+
+def _release_id() -> str:
+    try:
+        return RELEASE_FILE.read_text(encoding="utf-8").strip() or "unknown"
+    except OSError:
+        return "development"
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app; ``config`` overrides everything (tests use it)."""
+    app = Flask(
+        __name__,
+        instance_path=os.environ.get("FLASK_INSTANCE_PATH") or None,
+        instance_relative_config=True,
+    )
+    app.config.from_mapping(
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{Path(app.instance_path) / 'hello.db'}",
+        RELEASE_ID=_release_id(),
+    )
+    app.config.from_prefixed_env()
+    if config:
+        app.config.update(config)
+    if not app.config.get("SECRET_KEY") and not (app.debug or app.testing):
+        raise RuntimeError("FLASK_SECRET_KEY is not set")
+
+    db.init_app(app)
+    _register_routes(app)
+    _register_commands(app)
+    return app
+
+
+def _register_routes(app: Flask) -> None:
+    @app.get("/")
+    def index():
+        visit = Visit(path="/")
+        db.session.add(visit)
+        db.session.commit()
+        return render_template(
+            "index.html",
+            visits=db.session.query(Visit).count(),
+            release=app.config["RELEASE_ID"],
+        )
+
+    @app.get("/healthz")
+    def healthz():
+        try:
+            db.session.execute(text("SELECT 1 FROM visit LIMIT 1"))
+            database = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
+            db.session.rollback()
+            database = f"error: {type(exc).__name__}"
+        healthy = database == "ok"
+        body = {
+            "status": "ok" if healthy else "error",
+            "release": app.config["RELEASE_ID"],
+            "database": database,
+        }
+        return jsonify(body), 200 if healthy else 503
+
+
+def _register_commands(app: Flask) -> None:
+    @app.cli.command("init-db")
+    def init_db() -> None:
+        """Create the database tables (safe to run again)."""
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+        db.create_all()
+        print(f"database ready: {app.config['SQLALCHEMY_DATABASE_URI']}")

@@ -1,0 +1,83 @@
+"""The sample app's own tests, with Flask's test client."""
+
+from __future__ import annotations
+
+import pytest
+
+from hello import create_app
+from hello.models import db
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test",
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'test.db'}",
+        }
+    )
+    with app.app_context():
+        db.create_all()
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def test_home_page_counts_visits_and_links_the_stylesheet(client):
+    first = client.get("/")
+    second = client.get("/")
+    assert first.status_code == 200
+    assert b'href="/static/style.css"' in first.data
+    assert b'<strong id="visits">1</strong>' in first.data
+    assert b'<strong id="visits">2</strong>' in second.data
+
+
+def test_healthz_reports_status_release_and_database(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "status": "ok",
+        "release": "development",
+        "database": "ok",
+    }
+
+
+def test_healthz_fails_when_the_tables_are_missing(tmp_path):
+    app = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'empty.db'}",
+        }
+    )
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "error"
+
+
+def test_release_id_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLASK_RELEASE_ID", "20261123-abc1234")
+    monkeypatch.setenv("FLASK_SECRET_KEY", "from-env")
+    monkeypatch.setenv("FLASK_INSTANCE_PATH", str(tmp_path))
+    app = create_app()
+    assert app.config["RELEASE_ID"] == "20261123-abc1234"
+    assert app.config["SECRET_KEY"] == "from-env"
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'hello.db'}"
+
+
+def test_missing_secret_key_is_refused(monkeypatch):
+    monkeypatch.delenv("FLASK_SECRET_KEY", raising=False)
+    with pytest.raises(RuntimeError, match="FLASK_SECRET_KEY"):
+        create_app()
+
+
+def test_init_db_creates_the_tables(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASK_INSTANCE_PATH", str(tmp_path / "instance"))
+    app = create_app({"SECRET_KEY": "x"})
+    result = app.test_cli_runner().invoke(args=["init-db"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "instance" / "hello.db").exists()
+    assert app.test_client().get("/healthz").status_code == 200
