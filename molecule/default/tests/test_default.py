@@ -1,0 +1,136 @@
+"""What a user checks on a host that site.yml provisioned: testinfra, in the container."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+APP = "hello"
+HOME = f"/srv/{APP}"
+
+# An HTTP GET from inside the host, through nginx on port 80 (the host has no curl:
+# it is a bare VM). Prints the status, the headers as JSON, then the body.
+GET = """
+import json, sys, urllib.request, urllib.error
+req = urllib.request.Request("http://127.0.0.1" + sys.argv[1], headers={"Host": sys.argv[2]})
+try:
+    r = urllib.request.urlopen(req, timeout=10)
+except urllib.error.HTTPError as e:
+    r = e
+print(r.status)
+print(json.dumps(dict(r.headers)))
+sys.stdout.write(r.read().decode())
+"""
+
+
+def http_get(host, path, host_header="localhost"):
+    out = host.check_output(f"python3 -c {_quote(GET)} {_quote(path)} {_quote(host_header)}")
+    status, headers, body = out.split("\n", 2)
+    return int(status), json.loads(headers), body
+
+
+def _quote(text):
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+@pytest.mark.parametrize("unit", ["nginx.service", f"{APP}.socket", f"{APP}.service"])
+def test_units_are_active_and_enabled(host, unit):
+    service = host.service(unit)
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_home_page_answers_through_nginx(host):
+    status, headers, body = http_get(host, "/")
+    assert status == 200
+    assert headers["Server"].startswith("nginx")
+    assert "Hello from flaskstack" in body
+    assert 'href="/static/style.css"' in body
+
+
+def test_unknown_path_is_the_apps_404(host):
+    status, _, body = http_get(host, "/no-such-page")
+    assert status == 404
+    assert "Not Found" in body
+
+
+def test_healthz_reports_the_release_that_current_points_to(host):
+    status, headers, body = http_get(host, "/healthz")
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    health = json.loads(body)
+    revision = host.file(f"{HOME}/current/REVISION").content_string.strip()
+    assert health == {"status": "ok", "release": revision, "database": "ok"}
+
+
+def test_static_file_is_served_by_nginx_from_disk(host):
+    status, headers, body = http_get(host, "/static/style.css")
+    assert status == 200
+    assert headers["Content-Type"] == "text/css"
+    # nginx's `expires`, where Flask would have sent "no-cache".
+    assert headers["Cache-Control"] == "max-age=604800"
+    on_disk = host.file(f"{HOME}/current/hello/static/style.css").content_string
+    assert body.strip() == on_disk.strip()
+    # The app server never saw the request: its access log (the journal) has no line for it.
+    journal = host.check_output(f"journalctl -u {APP}.service --no-pager -o cat")
+    assert "GET /healthz" in journal
+    assert "/static/style.css" not in journal
+
+
+def test_default_site_is_gone(host):
+    assert not host.file("/etc/nginx/sites-enabled/default").exists
+    assert host.file(f"/etc/nginx/sites-enabled/{APP}.conf").is_symlink
+
+
+def test_env_file_is_root_owned_and_readable_by_the_app_group_only(host):
+    env = host.file(f"/etc/flaskstack/{APP}/app.env")
+    assert env.user == "root"
+    assert env.group == APP
+    assert env.mode == 0o640
+    assert "FLASK_SECRET_KEY=" in host.check_output(f"cat /etc/flaskstack/{APP}/app.env")
+
+
+def test_socket_accepts_nginx_and_nobody_else(host):
+    sock = host.file(f"/run/flaskstack/{APP}.sock")
+    assert sock.is_socket
+    assert sock.user == APP
+    assert sock.group == "www-data"
+    assert sock.mode == 0o660
+
+
+def test_app_user_has_no_login_and_no_password(host):
+    user = host.user(APP)
+    assert user.shell == "/usr/sbin/nologin"
+    assert user.password in ("!", "*", "!*")
+    assert user.group == APP
+
+
+def test_data_folder_is_writable_by_the_app_user_only(host):
+    data = host.file(f"{HOME}/shared/data")
+    assert data.user == APP
+    assert data.mode == 0o700
+    assert host.file(f"{HOME}/shared/data/hello.db").user == APP
+
+
+def test_current_points_at_a_release_with_its_own_venv_owned_by_the_app_user(host):
+    current = host.file(f"{HOME}/current")
+    assert current.is_symlink
+    release = current.linked_to
+    assert release.startswith(f"{HOME}/releases/")
+    venv = host.file(f"{release}/venv")
+    assert venv.user == APP
+    # Installed from the wheelhouse: gunicorn and Flask are in the release's venv,
+    # not in the system Python (PEP 668).
+    pip_list = host.check_output(f"{release}/venv/bin/python -m pip list --format=json")
+    names = {p["name"].lower() for p in json.loads(pip_list)}
+    assert {"flask", "gunicorn", "flask-sqlalchemy"} <= names
+    assert host.run("python3 -c 'import flask'").rc != 0
+
+
+def test_app_processes_run_as_the_app_user(host):
+    pid = host.check_output(f"systemctl show -p MainPID --value {APP}.service")
+    procs = host.check_output(f"ps -o user=,pid= --ppid {pid} -p {pid}").splitlines()
+    users = {line.split()[0] for line in procs}
+    assert len(procs) >= 2, procs  # the master and at least one worker
+    assert users == {APP}
