@@ -85,9 +85,7 @@ def release_id(src: Path, exclude: list[str], extra: list[str]) -> str:
     return digest.hexdigest()[:12]
 
 
-def build_release(
-    src: Path, name: str, exclude: list[str], extra: list[str], cache_dir: Path
-) -> Release:
+def build_release(src: Path, name: str, exclude: list[str], extra: list[str], cache_dir: Path) -> Release:
     """Return the release for ``src``, writing its archive unless it is already cached."""
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a directory")

@@ -1,0 +1,61 @@
+"""Shared helpers for the control-node tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def run_site(tmp_path):
+    """Run the real site.yml against this machine, in check mode, with given group vars.
+
+    The host is the control node itself (connection local) and the run is in check
+    mode, so a regression in the input checks cannot change this machine; the tests
+    assert that the run stopped inside the flaskstack role's checks, before any
+    role that changes a host started (task order is the same without --check).
+    """
+
+    def run(group_vars: dict) -> subprocess.CompletedProcess:
+        inventory = tmp_path / "inventory"
+        (inventory / "group_vars").mkdir(parents=True)
+        (inventory / "hosts.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "flaskstack": {
+                        "hosts": {
+                            "badinput": {
+                                "ansible_connection": "local",
+                                "ansible_python_interpreter": sys.executable,
+                            }
+                        }
+                    }
+                }
+            )
+        )
+        (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump(group_vars))
+        env = dict(
+            os.environ,
+            ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+            ANSIBLE_NOCOLOR="1",
+            FLASKSTACK_CACHE_DIR=str(tmp_path / "cache"),
+            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
+        return subprocess.run(
+            [BIN / "ansible-playbook", "site.yml", "-i", str(inventory), "--check"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    return run

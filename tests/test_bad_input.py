@@ -1,0 +1,126 @@
+"""Bad input stops site.yml in its first checks, naming the variable, before any change."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+APP = {
+    "name": "hello",
+    "src": str(ROOT / "app"),
+    "entry_point": "hello:create_app()",
+    "server_names": ["hello.example.com"],
+    "static_dir": "hello/static",
+}
+
+CHANGING_ROLES = ("base", "nginx", "python", "app", "gunicorn")
+
+
+def app(**changes):
+    return {**APP, **changes}
+
+
+CASES = {
+    "name with spaces": (
+        {"flaskstack_apps": [app(name="my app")]},
+        r"flaskstack_apps\[0\]\.name is \"my app\"",
+    ),
+    "name with capitals": (
+        {"flaskstack_apps": [app(name="Hello")]},
+        r"flaskstack_apps\[0\]\.name is \"Hello\"",
+    ),
+    "duplicate names": (
+        {"flaskstack_apps": [app(), app(server_names=["other.example.com"])]},
+        r"flaskstack_apps has duplicate names: hello",
+    ),
+    "port out of range": (
+        {"flaskstack_apps": [app(http_port=70000)]},
+        r"flaskstack_apps\[0\]\.http_port \(hello\) is 70000: use a port from 1 to 65535",
+    ),
+    "port zero": (
+        {"flaskstack_apps": [app(http_port=0)]},
+        r"flaskstack_apps\[0\]\.http_port \(hello\) is 0",
+    ),
+    "port not a number": (
+        {"flaskstack_apps": [app(http_port="eighty")]},
+        r"http_port.*eighty|eighty.*http_port",
+    ),
+    "entry point without module:callable": (
+        {"flaskstack_apps": [app(entry_point="hello.create_app")]},
+        r"flaskstack_apps\[0\]\.entry_point \(hello\) is \"hello.create_app\": use module:callable",
+    ),
+    "entry point missing": (
+        {"flaskstack_apps": [{k: v for k, v in APP.items() if k != "entry_point"}]},
+        r"flaskstack_apps\[0\]\.entry_point \(hello\) is \"missing\"",
+    ),
+    "entry point module not in the source": (
+        {"flaskstack_apps": [app(entry_point="nosuchmodule:app")]},
+        r"flaskstack_apps\[0\]\.entry_point \(hello\): module \"nosuchmodule\" is not in",
+    ),
+    "source folder missing": (
+        {"flaskstack_apps": [app(src="/nonexistent/app")]},
+        r"flaskstack_apps\[0\]\.src \(hello\): /nonexistent/app is not a directory",
+    ),
+    "requirements file missing": (
+        {"flaskstack_apps": [app(requirements="requirements-prod.txt")]},
+        r"flaskstack_apps\[0\]\.requirements \(hello\): .*requirements-prod.txt does not exist",
+    ),
+    "malformed server name": (
+        {"flaskstack_apps": [app(server_names=["bad name.example.com"])]},
+        r"flaskstack_apps\[0\]\.server_names \(hello\) has malformed names: \[\"bad name.example.com\"\]",
+    ),
+    "no server names": (
+        {"flaskstack_apps": [app(server_names=[])]},
+        r"flaskstack_apps\[0\]\.server_names \(hello\) is required",
+    ),
+    "static_url without slashes": (
+        {"flaskstack_apps": [app(static_url="static")]},
+        r"flaskstack_apps\[0\]\.static_url \(hello\) is \"static\"",
+    ),
+    "static_dir escaping the source": (
+        {"flaskstack_apps": [app(static_dir="../etc")]},
+        r"flaskstack_apps\[0\]\.static_dir \(hello\) is \"../etc\"",
+    ),
+    "env key that is no variable name": (
+        {"flaskstack_apps": [app(env={"BAD-KEY": "x"})]},
+        r"flaskstack_apps\[0\]\.env or \.secret_env \(hello\) has keys .*BAD-KEY",
+    ),
+    "unknown app server": (
+        {"flaskstack_apps": [app(server="waitress")]},
+        r"server.*waitress|waitress.*server",
+    ),
+    "unknown key in an app": (
+        {"flaskstack_apps": [app(entrypoint="hello:app")]},
+        r"entrypoint",
+    ),
+    "two apps on one host name and port": (
+        {"flaskstack_apps": [app(), app(name="other")]},
+        r"more than one present app answers for hello.example.com:80",
+    ),
+    "a later role's variable with the wrong type": (
+        {"flaskstack_apps": [app()], "gunicorn_workers": "many"},
+        r"gunicorn_workers",
+    ),
+    "a later role's variable outside its choices": (
+        {"flaskstack_apps": [app()], "gunicorn_worker_class": "eventlet"},
+        r"gunicorn_worker_class.*eventlet|eventlet.*gunicorn_worker_class",
+    ),
+}
+
+
+@pytest.mark.parametrize("group_vars, message", CASES.values(), ids=CASES.keys())
+def test_bad_input_stops_before_any_change(run_site, group_vars, message):
+    result = run_site(group_vars)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    # Ansible wraps long messages: compare with the white space folded.
+    assert re.search(message, " ".join(output.split())), output
+    # It stopped inside the flaskstack role, before a role that changes a host began.
+    for role in CHANGING_ROLES:
+        assert f"TASK [{role} :" not in output, f"role {role} ran:\n{output}"
+    recap = re.search(r"badinput\s*:\s*ok=\d+\s+changed=(\d+)", output)
+    assert recap and recap.group(1) == "0", output

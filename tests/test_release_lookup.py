@@ -1,0 +1,93 @@
+"""The control node's packaging of a release (roles/flaskstack/lookup_plugins)."""
+
+from __future__ import annotations
+
+import tarfile
+
+import pytest
+
+from flaskstack_release import REVISION_FILE, build_release, release_id, source_files
+
+EXCLUDE = ["__pycache__", "*.pyc", "tests"]
+
+
+@pytest.fixture
+def src(tmp_path):
+    root = tmp_path / "src"
+    (root / "pkg" / "static").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("app = object()\n")
+    (root / "pkg" / "static" / "style.css").write_text("body {}\n")
+    (root / "requirements.txt").write_text("Flask==3.1.3\n")
+    (root / "pkg" / "__pycache__").mkdir()
+    (root / "pkg" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_x.py").write_text("def test(): pass\n")
+    return root
+
+
+def test_excluded_names_are_left_out(src):
+    files = [p.as_posix() for p in source_files(src, EXCLUDE)]
+    assert files == ["pkg/__init__.py", "pkg/static/style.css", "requirements.txt"]
+
+
+def test_same_content_gives_the_same_id_whatever_the_mtimes(src):
+    first = release_id(src, EXCLUDE, [])
+    (src / "pkg" / "__init__.py").touch()
+    assert release_id(src, EXCLUDE, []) == first
+    assert len(first) == 12
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: (s / "pkg" / "__init__.py").write_text("app = None\n"),
+        lambda s: (s / "pkg" / "new.py").write_text(""),
+        lambda s: (s / "pkg" / "static" / "style.css").rename(s / "pkg" / "static" / "site.css"),
+        lambda s: (s / "pkg" / "__init__.py").chmod(0o755),
+    ],
+    ids=["content", "new file", "rename", "executable bit"],
+)
+def test_any_change_to_the_release_changes_the_id(src, change):
+    before = release_id(src, EXCLUDE, [])
+    change(src)
+    assert release_id(src, EXCLUDE, []) != before
+
+
+def test_excluded_files_do_not_change_the_id(src):
+    before = release_id(src, EXCLUDE, [])
+    (src / "tests" / "test_x.py").write_text("changed\n")
+    assert release_id(src, EXCLUDE, []) == before
+
+
+def test_app_server_packages_are_part_of_the_id(src):
+    assert release_id(src, EXCLUDE, ["gunicorn==23.0.0"]) != release_id(src, EXCLUDE, ["gunicorn==22.0.0"])
+
+
+def test_archive_holds_the_source_and_ends_with_revision(src, tmp_path):
+    release = build_release(src, "app", EXCLUDE, [], tmp_path / "cache")
+    with tarfile.open(release.archive) as tar:
+        members = tar.getmembers()
+        names = [m.name for m in members]
+        assert names[-1] == REVISION_FILE
+        assert tar.extractfile(REVISION_FILE).read().decode() == release.id + "\n"
+        assert set(names) == {
+            "pkg/__init__.py",
+            "pkg/static/style.css",
+            "requirements.txt",
+            "REVISION",
+        }
+        assert all(m.uid == 0 and m.gid == 0 for m in members)
+
+
+def test_archive_is_built_once_per_id(src, tmp_path):
+    cache = tmp_path / "cache"
+    first = build_release(src, "app", EXCLUDE, [], cache)
+    mtime = (cache / "releases" / f"app-{first.id}.tar.gz").stat().st_mtime_ns
+    again = build_release(src, "app", EXCLUDE, [], cache)
+    assert again == first
+    assert (cache / "releases" / f"app-{first.id}.tar.gz").stat().st_mtime_ns == mtime
+
+
+def test_missing_source_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        build_release(tmp_path / "nope", "app", [], [], tmp_path / "cache")
