@@ -1,0 +1,86 @@
+"""`make demo` end to end: the embedded target over a real SSH connection.
+
+Runs what a newcomer runs, twice: the second run must change nothing. Then the
+site answers on 127.0.0.1:8080 from this machine, through the container's nginx.
+The demo is left running, as `make demo` leaves it (`make clean` removes it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+URL = "http://127.0.0.1:8080"
+
+pytestmark = pytest.mark.target
+
+
+def make_demo() -> str:
+    result = subprocess.run(
+        ["make", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    return output
+
+
+def changed_count(output: str, host: str) -> int:
+    counts = re.findall(rf"^{host}\s*:\s*ok=\d+\s+changed=(\d+)", output, re.MULTILINE)
+    assert counts, output[-3000:]
+    return sum(int(c) for c in counts)
+
+
+@pytest.fixture(scope="module")
+def demo_runs():
+    return make_demo(), make_demo()
+
+
+def test_make_demo_prints_the_url_and_the_first_response(demo_runs):
+    first, _ = demo_runs
+    assert f"flaskstack demo: {URL}" in first
+    assert re.search(r'GET /healthz -> 200 \{.*"status":"ok"', first)
+
+
+def test_second_make_demo_changes_nothing(demo_runs):
+    _, second = demo_runs
+    assert changed_count(second, "demo") == 0
+    assert changed_count(second, "localhost") == 0
+
+
+def test_site_answers_from_this_machine(demo_runs):
+    with urllib.request.urlopen(URL + "/", timeout=10) as response:
+        assert response.status == 200
+        assert "Hello from flaskstack" in response.read().decode()
+    with urllib.request.urlopen(URL + "/healthz", timeout=10) as response:
+        health = json.loads(response.read())
+    assert health["status"] == "ok"
+    assert re.fullmatch(r"[0-9a-f]{12}", health["release"])
+
+
+def test_ansible_reached_the_target_over_ssh(demo_runs):
+    """The inventory's host is 127.0.0.1:2222 over SSH; ask it who it is through the same path."""
+    result = subprocess.run(
+        [
+            ROOT / ".venv/bin/ansible",
+            "demo",
+            "-i",
+            "inventory/local",
+            "-m",
+            "ansible.builtin.setup",
+            "-a",
+            "filter=ansible_hostname",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"ansible_hostname": "demo"' in result.stdout
