@@ -91,6 +91,14 @@ def test_env_file_is_root_owned_and_readable_by_the_app_group_only(host):
     assert "FLASK_SECRET_KEY=" in host.check_output(f"cat /etc/flaskstack/{APP}/app.env")
 
 
+def test_env_values_reach_the_app_exactly(host):
+    pid = host.check_output(f"systemctl show -p MainPID --value {APP}.service")
+    environ = host.check_output(f"cat /proc/{pid}/environ | tr '\\0' '\\n'").splitlines()
+    assert 'HELLO_QUOTING=say "hi" \\ back # not a comment' in environ
+    assert f"FLASK_INSTANCE_PATH={HOME}/shared/data" in environ
+    assert any(line.startswith("FLASK_SECRET_KEY=") and len(line) > 40 for line in environ)
+
+
 def test_socket_accepts_nginx_and_nobody_else(host):
     sock = host.file(f"/run/flaskstack/{APP}.sock")
     assert sock.is_socket
