@@ -76,3 +76,19 @@ def test_target_is_a_systemd_host_reached_over_ssh(demo_runs):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split() == ["systemd", "active", "active"]
+
+
+def test_secrets_never_appear_in_verbose_check_diff_output(demo_runs):
+    """-vvv --check --diff shows everything Ansible is willing to show: no secret value in it."""
+    secret = (ROOT / ".demo" / "secrets" / "hello_secret_key").read_text().strip()
+    assert len(secret) >= 32
+    result = subprocess.run(
+        [ROOT / ".venv/bin/ansible-playbook", "site.yml", "-i", "inventory/local",
+         "-vvv", "--check", "--diff"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert changed_count(output, "demo") == 0
+    assert "FLASK_SECRET_KEY" in output  # the key's name may show; its value may not
+    assert secret not in output
