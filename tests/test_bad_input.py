@@ -101,6 +101,10 @@ CASES = {
         {"flaskstack_apps": [app(), app(name="other")]},
         r"more than one present app answers for hello.example.com:80",
     ),
+    "a header value that would break nginx": (
+        {"flaskstack_apps": [app(content_security_policy='default-src "self"')]},
+        r"flaskstack_apps\[0\] \(hello\): referrer_policy and content_security_policy may not contain",
+    ),
     "a later role's variable with the wrong type": (
         {"flaskstack_apps": [app()], "gunicorn_workers": "many"},
         r"gunicorn_workers",

@@ -92,3 +92,26 @@ def test_secrets_never_appear_in_verbose_check_diff_output(demo_runs):
     assert changed_count(output, "demo") == 0
     assert "FLASK_SECRET_KEY" in output  # the key's name may show; its value may not
     assert secret not in output
+
+
+def test_a_broken_nginx_setting_never_goes_live(demo_runs):
+    """A value nginx rejects fails the run at `nginx -t`; the live site and the page stay as they were."""
+    ssh = ROOT / ".demo" / "ssh"
+    read_site = [
+        "ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={ssh / 'known_hosts'}",
+        "-i", str(ssh / "id_ed25519"), "-p", "2222", "root@127.0.0.1",
+        "cat /etc/nginx/sites-available/hello.conf",
+    ]  # fmt: skip
+    before = subprocess.run(read_site, capture_output=True, text=True, timeout=60, check=True).stdout
+    result = subprocess.run(
+        [ROOT / ".venv/bin/ansible-playbook", "site.yml", "-i", "inventory/local",
+         "-e", "nginx_client_max_body_size='10 megabytes'"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert "failed to validate" in output, output[-3000:]
+    after = subprocess.run(read_site, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert after == before
+    with urllib.request.urlopen(URL + "/healthz", timeout=10) as response:
+        assert response.status == 200

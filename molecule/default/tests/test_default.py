@@ -44,7 +44,7 @@ def test_units_are_active_and_enabled(host, unit):
 def test_home_page_answers_through_nginx(host):
     status, headers, body = http_get(host, "/")
     assert status == 200
-    assert headers["Server"].startswith("nginx")
+    assert headers["Server"] == "nginx"
     assert "Hello from flaskstack" in body
     assert 'href="/static/style.css"' in body
 
@@ -78,8 +78,9 @@ def test_static_file_is_served_by_nginx_from_disk(host):
     assert "/static/style.css" not in journal
 
 
-def test_default_site_is_gone(host):
+def test_distribution_default_site_is_replaced(host):
     assert not host.file("/etc/nginx/sites-enabled/default").exists
+    assert host.file("/etc/nginx/sites-enabled/_default.conf").is_symlink
     assert host.file(f"/etc/nginx/sites-enabled/{APP}.conf").is_symlink
 
 
@@ -142,3 +143,33 @@ def test_app_processes_run_as_the_app_user(host):
     users = {line.split()[0] for line in procs}
     assert len(procs) >= 2, procs  # the master and at least one worker
     assert users == {APP}
+
+
+def test_unknown_host_names_get_no_answer(host):
+    """The default server closes the connection (444) for a Host no app claims."""
+    result = host.run(f"python3 -c {_quote(GET)} / unknown.example.org")
+    assert result.rc != 0
+    assert "RemoteDisconnected" in result.stderr or "Connection reset" in result.stderr
+
+
+def test_security_headers_and_no_version(host):
+    for path in ("/", "/static/style.css", "/no-such-page"):
+        _, headers, _ = http_get(host, path)
+        assert headers["Server"] == "nginx", path
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        assert headers["Referrer-Policy"] == "strict-origin-when-cross-origin", path
+        assert headers["X-Frame-Options"] == "SAMEORIGIN", path
+
+
+def test_access_log_has_request_and_upstream_times(host):
+    http_get(host, "/healthz")
+    last = host.check_output(f"tail -n 1 /var/log/nginx/{APP}.access.log")
+    assert '"GET /healthz HTTP/1.1" 200' in last
+    assert "rt=" in last and "urt=" in last
+
+
+def test_service_unit_is_sandboxed(host):
+    """systemd-analyze rates the unit's exposure from 0 (locked down) to 10; OK is <= 2.0."""
+    out = host.check_output(f"systemd-analyze security {APP}.service --no-pager")
+    score = float(out.strip().splitlines()[-1].split("level for")[1].split(":")[1].split()[0])
+    assert score <= 2.0, out
