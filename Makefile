@@ -57,7 +57,7 @@ test-target: engine ## pytest against the demo target over SSH: `make demo` twic
 
 .PHONY: molecule
 molecule: engine ## molecule test: the roles in a systemd container
-	$(BIN)/molecule test
+	$(BIN)/molecule test --all
 
 .PHONY: test
 test: lint pytest molecule test-target ## Everything CI runs

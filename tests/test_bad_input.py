@@ -105,13 +105,45 @@ CASES = {
         {"flaskstack_apps": [app(content_security_policy='default-src "self"')]},
         r"flaskstack_apps\[0\] \(hello\): referrer_policy and content_security_policy may not contain",
     ),
+    "unknown TLS mode": (
+        {"flaskstack_apps": [app(tls="letsencrypt")]},
+        r"tls.*letsencrypt|letsencrypt.*tls",
+    ),
+    "provided TLS without a certificate": (
+        {"flaskstack_apps": [app(tls="provided")]},
+        r"flaskstack_apps\[0\]\.tls_certificate is missing \(hello\): tls: provided needs",
+    ),
+    "provided TLS with a key that is not PEM": (
+        {
+            "flaskstack_apps": [
+                app(
+                    tls="provided",
+                    tls_certificate="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+                    tls_certificate_key="not-a-key-but-a-secret-value",
+                )
+            ]
+        },
+        r"flaskstack_apps\[0\]\.tls_certificate_key is not a PEM private key \(hello\)",
+    ),
+    "https port out of range": (
+        {"flaskstack_apps": [app(tls="self-signed", https_port=99999)]},
+        r"flaskstack_apps\[0\]\.https_port \(hello\) is 99999",
+    ),
+    "https port equal to the http port": (
+        {"flaskstack_apps": [app(tls="self-signed", https_port=80)]},
+        r"flaskstack_apps\[0\]\.https_port \(hello\) is the same as its http_port \(80\)",
+    ),
     "a later role's variable with the wrong type": (
         {"flaskstack_apps": [app()], "gunicorn_workers": "many"},
         r"gunicorn_workers",
     ),
     "a later role's variable outside its choices": (
-        {"flaskstack_apps": [app()], "gunicorn_worker_class": "eventlet"},
-        r"gunicorn_worker_class.*eventlet|eventlet.*gunicorn_worker_class",
+        {"flaskstack_apps": [app()], "gunicorn_log_level": "verbose"},
+        r"gunicorn_log_level.*verbose|verbose.*gunicorn_log_level",
+    ),
+    "unknown worker class": (
+        {"flaskstack_apps": [app(worker_class="eventlet")]},
+        r"worker_class.*eventlet|eventlet.*worker_class",
     ),
 }
 
@@ -128,3 +160,4 @@ def test_bad_input_stops_before_any_change(run_site, group_vars, message):
         assert f"TASK [{role} :" not in output, f"role {role} ran:\n{output}"
     recap = re.search(r"badinput\s*:\s*ok=\d+\s+changed=(\d+)", output)
     assert recap and recap.group(1) == "0", output
+    assert "secret-value" not in output

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from flask import Flask, jsonify, render_template
+from flask_sock import Sock
 from sqlalchemy import text
 
 from .models import Visit, db
@@ -51,6 +52,7 @@ def create_app(config: dict | None = None) -> Flask:
 
     db.init_app(app)
     _register_routes(app)
+    _register_websockets(app)
     _register_commands(app)
     return app
 
@@ -82,6 +84,19 @@ def _register_routes(app: Flask) -> None:
             "database": database,
         }
         return jsonify(body), 200 if healthy else 503
+
+
+def _register_websockets(app: Flask) -> None:
+    sock = Sock(app)
+
+    @sock.route("/ws/echo")
+    def echo(ws) -> None:
+        """Send every message back; a WebSocket needs a threaded or async worker."""
+        while True:
+            message = ws.receive()
+            if message is None:
+                break
+            ws.send(message)
 
 
 def _register_commands(app: Flask) -> None:

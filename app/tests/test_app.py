@@ -81,3 +81,24 @@ def test_init_db_creates_the_tables(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "instance" / "hello.db").exists()
     assert app.test_client().get("/healthz").status_code == 200
+
+
+def test_websocket_echo_over_a_real_server(app):
+    """The echo route through a real HTTP server (werkzeug's, in a thread)."""
+    import threading
+
+    import simple_websocket
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{server.server_port}/ws/echo")
+        try:
+            ws.send("hello, socket")
+            assert ws.receive(timeout=5) == "hello, socket"
+        finally:
+            ws.close()
+    finally:
+        server.shutdown()
