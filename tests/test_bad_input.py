@@ -17,7 +17,7 @@ APP = {
     "static_dir": "hello/static",
 }
 
-CHANGING_ROLES = ("base", "nginx", "python", "app", "gunicorn")
+CHANGING_ROLES = ("base", "nginx", "python", "app", "appserver")
 
 
 def app(**changes):
@@ -134,12 +134,16 @@ CASES = {
         r"flaskstack_apps\[0\]\.https_port \(hello\) is the same as its http_port \(80\)",
     ),
     "a later role's variable with the wrong type": (
-        {"flaskstack_apps": [app()], "gunicorn_workers": "many"},
-        r"gunicorn_workers",
+        {"flaskstack_apps": [app()], "appserver_workers": "many"},
+        r"appserver_workers",
     ),
     "a later role's variable outside its choices": (
-        {"flaskstack_apps": [app()], "gunicorn_log_level": "verbose"},
-        r"gunicorn_log_level.*verbose|verbose.*gunicorn_log_level",
+        {"flaskstack_apps": [app()], "appserver_log_level": "verbose"},
+        r"appserver_log_level.*verbose|verbose.*appserver_log_level",
+    ),
+    "gevent under uwsgi": (
+        {"flaskstack_apps": [app(server="uwsgi", worker_class="gevent")]},
+        r"flaskstack_apps\[0\]\.worker_class \(hello\) is \"gevent\", which flaskstack runs under gunicorn",
     ),
     "unknown worker class": (
         {"flaskstack_apps": [app(worker_class="eventlet")]},

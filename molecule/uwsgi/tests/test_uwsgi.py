@@ -1,0 +1,55 @@
+"""The sample app under uWSGI: through nginx, on the systemd socket, sandboxed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+GET = (
+    "import sys, urllib.request; "
+    "r = urllib.request.urlopen(urllib.request.Request('http://127.0.0.1' + sys.argv[1], "
+    "headers={'Host': 'localhost'}), timeout=10); print(r.status); sys.stdout.write(r.read().decode())"
+)
+
+
+def get(host, path):
+    status, body = host.check_output(f'python3 -c "{GET}" {path}').split("\n", 1)
+    return int(status), body
+
+
+@pytest.mark.parametrize("unit", ["hello.socket", "hello.service"])
+def test_units_are_active_and_enabled(host, unit):
+    assert host.service(unit).is_running
+    assert host.service(unit).is_enabled
+
+
+def test_page_and_health_answer_through_nginx(host):
+    status, body = get(host, "/")
+    assert status == 200 and "Hello from flaskstack" in body
+    status, body = get(host, "/healthz")
+    assert status == 200
+    assert json.loads(body)["release"] == host.file("/srv/hello/current/REVISION").content_string.strip()
+
+
+def test_uwsgi_serves_on_the_socket_systemd_holds(host):
+    journal = host.check_output("journalctl -u hello.service --no-pager -o cat")
+    assert "Starting uWSGI" in journal
+    assert "SystemD socket activation detected" in journal
+    assert "GET /healthz => generated" in journal
+    sock = host.file("/run/flaskstack/hello.sock")
+    assert sock.is_socket and sock.user == "hello" and sock.group == "www-data"
+
+
+def test_uwsgi_processes_run_as_the_app_user_with_threads(host):
+    pid = host.check_output("systemctl show -p MainPID --value hello.service")
+    procs = host.check_output(f"ps -o user=,comm= --ppid {pid} -p {pid}").splitlines()
+    assert len(procs) >= 2
+    assert {line.split()[0] for line in procs} == {"hello"}
+    assert "threads = " in host.file("/etc/flaskstack/hello/uwsgi.ini").content_string
+
+
+def test_service_unit_is_sandboxed(host):
+    out = host.check_output("systemd-analyze security hello.service --no-pager")
+    score = float(out.strip().splitlines()[-1].split("level for")[1].split(":")[1].split()[0])
+    assert score <= 2.0, out
