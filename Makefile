@@ -56,7 +56,7 @@ test-target: engine ## pytest against the demo target over SSH: `make demo` twic
 	$(BIN)/pytest -m target
 
 .PHONY: molecule
-molecule: engine ## molecule test: the roles in a systemd container
+molecule: engine ## molecule test --all: every scenario, each in a systemd container
 	$(BIN)/molecule test --all
 
 .PHONY: test
