@@ -9,30 +9,6 @@ import pytest
 APP = "hello"
 HOME = f"/srv/{APP}"
 
-# An HTTP GET from inside the host, through nginx on port 80 (the host has no curl:
-# it is a bare VM). Prints the status, the headers as JSON, then the body.
-GET = """
-import json, sys, urllib.request, urllib.error
-req = urllib.request.Request("http://127.0.0.1" + sys.argv[1], headers={"Host": sys.argv[2]})
-try:
-    r = urllib.request.urlopen(req, timeout=10)
-except urllib.error.HTTPError as e:
-    r = e
-print(r.status)
-print(json.dumps(dict(r.headers)))
-sys.stdout.write(r.read().decode())
-"""
-
-
-def http_get(host, path, host_header="localhost"):
-    out = host.check_output(f"python3 -c {_quote(GET)} {_quote(path)} {_quote(host_header)}")
-    status, headers, body = out.split("\n", 2)
-    return int(status), json.loads(headers), body
-
-
-def _quote(text):
-    return "'" + text.replace("'", "'\"'\"'") + "'"
-
 
 @pytest.mark.parametrize("unit", ["nginx.service", f"{APP}.socket", f"{APP}.service"])
 def test_units_are_active_and_enabled(host, unit):
@@ -41,22 +17,22 @@ def test_units_are_active_and_enabled(host, unit):
     assert service.is_enabled
 
 
-def test_home_page_answers_through_nginx(host):
-    status, headers, body = http_get(host, "/")
+def test_home_page_answers_through_nginx(host, http):
+    status, headers, body = http.get("/")
     assert status == 200
     assert headers["Server"] == "nginx"
     assert "Hello from flaskstack" in body
     assert 'href="/static/style.css"' in body
 
 
-def test_unknown_path_is_the_apps_404(host):
-    status, _, body = http_get(host, "/no-such-page")
+def test_unknown_path_is_the_apps_404(host, http):
+    status, _, body = http.get("/no-such-page")
     assert status == 404
     assert "Not Found" in body
 
 
-def test_healthz_reports_the_release_that_current_points_to(host):
-    status, headers, body = http_get(host, "/healthz")
+def test_healthz_reports_the_release_that_current_points_to(host, http):
+    status, headers, body = http.get("/healthz")
     assert status == 200
     assert headers["Content-Type"] == "application/json"
     health = json.loads(body)
@@ -64,8 +40,8 @@ def test_healthz_reports_the_release_that_current_points_to(host):
     assert health == {"status": "ok", "release": revision, "database": "ok"}
 
 
-def test_static_file_is_served_by_nginx_from_disk(host):
-    status, headers, body = http_get(host, "/static/style.css")
+def test_static_file_is_served_by_nginx_from_disk(host, http):
+    status, headers, body = http.get("/static/style.css")
     assert status == 200
     assert headers["Content-Type"] == "text/css"
     # nginx's `expires`, where Flask would have sent "no-cache".
@@ -145,31 +121,29 @@ def test_app_processes_run_as_the_app_user(host):
     assert users == {APP}
 
 
-def test_unknown_host_names_get_no_answer(host):
+def test_unknown_host_names_get_no_answer(http):
     """The default server closes the connection (444) for a Host no app claims."""
-    result = host.run(f"python3 -c {_quote(GET)} / unknown.example.org")
+    result = http.run("/", "unknown.example.org")
     assert result.rc != 0
     assert "RemoteDisconnected" in result.stderr or "Connection reset" in result.stderr
 
 
-def test_security_headers_and_no_version(host):
+def test_security_headers_and_no_version(host, http):
     for path in ("/", "/static/style.css", "/no-such-page"):
-        _, headers, _ = http_get(host, path)
+        _, headers, _ = http.get(path)
         assert headers["Server"] == "nginx", path
         assert headers["X-Content-Type-Options"] == "nosniff", path
         assert headers["Referrer-Policy"] == "strict-origin-when-cross-origin", path
         assert headers["X-Frame-Options"] == "SAMEORIGIN", path
 
 
-def test_access_log_has_request_and_upstream_times(host):
-    http_get(host, "/healthz")
+def test_access_log_has_request_and_upstream_times(host, http):
+    http.get("/healthz")
     last = host.check_output(f"tail -n 1 /var/log/nginx/{APP}.access.log")
     assert '"GET /healthz HTTP/1.1" 200' in last
     assert "rt=" in last and "urt=" in last
 
 
-def test_service_unit_is_sandboxed(host):
-    """systemd-analyze rates the unit's exposure from 0 (locked down) to 10; OK is <= 2.0."""
-    out = host.check_output(f"systemd-analyze security {APP}.service --no-pager")
-    score = float(out.strip().splitlines()[-1].split("level for")[1].split(":")[1].split()[0])
+def test_service_unit_is_sandboxed(exposure):
+    score, out = exposure(f"{APP}.service")
     assert score <= 2.0, out

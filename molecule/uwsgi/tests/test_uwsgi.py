@@ -6,17 +6,6 @@ import json
 
 import pytest
 
-GET = (
-    "import sys, urllib.request; "
-    "r = urllib.request.urlopen(urllib.request.Request('http://127.0.0.1' + sys.argv[1], "
-    "headers={'Host': 'localhost'}), timeout=10); print(r.status); sys.stdout.write(r.read().decode())"
-)
-
-
-def get(host, path):
-    status, body = host.check_output(f'python3 -c "{GET}" {path}').split("\n", 1)
-    return int(status), body
-
 
 @pytest.mark.parametrize("unit", ["hello.socket", "hello.service"])
 def test_units_are_active_and_enabled(host, unit):
@@ -24,10 +13,10 @@ def test_units_are_active_and_enabled(host, unit):
     assert host.service(unit).is_enabled
 
 
-def test_page_and_health_answer_through_nginx(host):
-    status, body = get(host, "/")
+def test_page_and_health_answer_through_nginx(host, http):
+    status, _, body = http.get("/")
     assert status == 200 and "Hello from flaskstack" in body
-    status, body = get(host, "/healthz")
+    status, _, body = http.get("/healthz")
     assert status == 200
     assert json.loads(body)["release"] == host.file("/srv/hello/current/REVISION").content_string.strip()
 
@@ -49,7 +38,6 @@ def test_uwsgi_processes_run_as_the_app_user_with_threads(host):
     assert "threads = " in host.file("/etc/flaskstack/hello/uwsgi.ini").content_string
 
 
-def test_service_unit_is_sandboxed(host):
-    out = host.check_output("systemd-analyze security hello.service --no-pager")
-    score = float(out.strip().splitlines()[-1].split("level for")[1].split(":")[1].split()[0])
+def test_service_unit_is_sandboxed(exposure):
+    score, out = exposure("hello.service")
     assert score <= 2.0, out
