@@ -1,7 +1,7 @@
 """The sample Flask app that flaskstack deploys.
 
 It stands for the user's app: the roles know it only through the variables in
-the inventory (entry point, requirements file, static folder, init command).
+the inventory (entry point, requirements file, static folder, migrate command).
 
 Configuration comes from the environment, read by ``from_prefixed_env``:
 
@@ -18,12 +18,15 @@ import os
 from pathlib import Path
 
 from flask import Flask, jsonify, render_template
+from flask_migrate import Migrate
 from flask_sock import Sock
 from sqlalchemy import text
 
 from .models import Visit, db
 
 RELEASE_FILE = Path(__file__).resolve().parent.parent / "REVISION"
+# Alembic's migrations, shipped in every release: `flask --app hello db upgrade`.
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def _release_id() -> str:
@@ -51,9 +54,9 @@ def create_app(config: dict | None = None) -> Flask:
         raise RuntimeError("FLASK_SECRET_KEY is not set")
 
     db.init_app(app)
+    Migrate(app, db, directory=str(MIGRATIONS))
     _register_routes(app)
     _register_websockets(app)
-    _register_commands(app)
     return app
 
 
@@ -97,12 +100,3 @@ def _register_websockets(app: Flask) -> None:
             if message is None:
                 break
             ws.send(message)
-
-
-def _register_commands(app: Flask) -> None:
-    @app.cli.command("init-db")
-    def init_db() -> None:
-        """Create the database tables (safe to run again)."""
-        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
-        db.create_all()
-        print(f"database ready: {app.config['SQLALCHEMY_DATABASE_URI']}")

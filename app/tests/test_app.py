@@ -74,12 +74,13 @@ def test_missing_secret_key_is_refused(monkeypatch):
         create_app()
 
 
-def test_init_db_creates_the_tables(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLASK_INSTANCE_PATH", str(tmp_path / "instance"))
+def test_db_upgrade_command_creates_the_tables(tmp_path, monkeypatch):
+    """The command line the demo's migrate_command runs: flask --app hello db upgrade."""
+    monkeypatch.setenv("FLASK_INSTANCE_PATH", str(tmp_path))
     app = create_app({"SECRET_KEY": "x"})
-    result = app.test_cli_runner().invoke(args=["init-db"])
+    result = app.test_cli_runner().invoke(args=["db", "upgrade"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "instance" / "hello.db").exists()
+    assert (tmp_path / "hello.db").exists()
     assert app.test_client().get("/healthz").status_code == 200
 
 
@@ -102,3 +103,25 @@ def test_websocket_echo_over_a_real_server(app):
             ws.close()
     finally:
         server.shutdown()
+
+
+def test_migrations_create_the_schema_and_run_again_safely(tmp_path):
+    """`flask --app hello db upgrade`, the demo's migrate_command, on a new and on a current database."""
+    from flask_migrate import upgrade
+
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'm.db'}"})
+    with app.app_context():
+        upgrade()
+        upgrade()
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json()["database"] == "ok"
+
+
+def test_migrations_adopt_a_database_made_by_create_all(app):
+    from flask_migrate import upgrade
+    from sqlalchemy import text
+
+    with app.app_context():
+        upgrade()
+        assert db.session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"

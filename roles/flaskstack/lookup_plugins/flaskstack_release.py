@@ -24,7 +24,8 @@ short_description: Package an app's source as a release (content-hashed id and a
 description:
   - Hashes the app's source tree (paths, contents, executable bits) and the extra strings
     into a 12-character release id, and writes C(<cache_dir>/releases/<name>-<id>.tar.gz)
-    once. Returns a dict with C(id) and C(archive).
+    once. Returns a dict with C(id), C(archive) and C(packages) (the app server's and the
+    worker class's packages, installed beside the app's requirements and part of the id).
 options:
   _terms:
     description: The app's source directory.
@@ -36,10 +37,20 @@ options:
     description: Glob patterns matched against every path component; matches are left out.
     type: list
     default: []
-  extra:
-    description: Strings that also make up the id (for example the app server's packages).
-    type: list
-    default: []
+  server:
+    description: The app's app server (gunicorn, uwsgi).
+    required: true
+  worker_class:
+    description: The app's worker class (sync, gthread, gevent).
+    required: true
+  server_packages:
+    description: Packages of each app server (C(flaskstack_server_packages)).
+    type: dict
+    required: true
+  worker_packages:
+    description: Packages of each worker class (C(flaskstack_worker_packages)).
+    type: dict
+    default: {}
   cache_dir:
     description: Where the archive is written.
     required: true
@@ -85,6 +96,18 @@ def release_id(src: Path, exclude: list[str], extra: list[str]) -> str:
     return digest.hexdigest()[:12]
 
 
+def app_packages(
+    server: str,
+    worker_class: str,
+    server_packages: dict[str, list[str]],
+    worker_packages: dict[str, list[str]],
+) -> list[str]:
+    """What a release's venv gets beside the app's requirements: its app server and worker library."""
+    return [str(p) for p in server_packages.get(server, [])] + [
+        str(p) for p in worker_packages.get(worker_class, [])
+    ]
+
+
 def build_release(src: Path, name: str, exclude: list[str], extra: list[str], cache_dir: Path) -> Release:
     """Return the release for ``src``, writing its archive unless it is already cached."""
     if not src.is_dir():
@@ -125,15 +148,21 @@ else:
             self.set_options(var_options=variables, direct=kwargs)
             results = []
             for term in terms:
+                packages = app_packages(
+                    self.get_option("server"),
+                    self.get_option("worker_class"),
+                    self.get_option("server_packages"),
+                    self.get_option("worker_packages"),
+                )
                 try:
                     release = build_release(
                         Path(term),
                         self.get_option("name"),
                         list(self.get_option("exclude")),
-                        [str(e) for e in self.get_option("extra")],
+                        packages,
                         Path(self.get_option("cache_dir")),
                     )
                 except OSError as exc:
                     raise AnsibleError(f"cannot package {term}: {exc}") from exc
-                results.append({"id": release.id, "archive": release.archive})
+                results.append({"id": release.id, "archive": release.archive, "packages": packages})
             return results

@@ -1,0 +1,439 @@
+"""flaskstack's code pushes: `fab deploy`, `fab rollback`, `fab releases`, `fab status`, `fab logs`.
+
+`ansible-playbook site.yml` provisions a host and deploys; `fab deploy` pushes a
+code change to hosts it provisioned, in seconds. Both read the same inventory
+(hosts, group_vars, host_vars, vault) through Ansible's own inventory code, and
+both leave the on-host work to the same tool, `flaskstack-release` (installed by
+the app role): this file only packages, uploads and calls it.
+
+    fab deploy                      # every app of inventory/local, every host
+    fab deploy -i inventory/production --app shop --limit web1.example.com
+    fab rollback                    # back to the previous release
+    fab rollback --release 3f2a9c0e1b7d
+    fab releases | fab status | fab logs
+
+A deploy runs in phases, each on every host at once, and stops before the next
+phase when any host fails: connect (and read what the host has), package on this
+machine (release archive; wheelhouse only when the requirements changed),
+upload and prepare, migrate once (apps with migrate_once), activate. So an
+unreachable host or a requirement without a wheel stops the deploy before any
+host switches.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fabric import Connection, task
+from invoke.exceptions import Exit
+from paramiko import RejectPolicy
+
+ROOT = Path(__file__).resolve().parent
+# The control node's packaging code, shared with the Ansible roles (lookup plugins).
+sys.path.insert(0, str(ROOT / "roles" / "flaskstack" / "lookup_plugins"))
+
+from flaskstack_release import app_packages, build_release  # noqa: E402
+from flaskstack_wheelhouse import WheelhouseError, build_wheelhouse, wheelhouse_archive  # noqa: E402
+
+TOOL = "/usr/local/sbin/flaskstack-release"
+DEFAULT_INVENTORY = os.environ.get("FLASKSTACK_INVENTORY", str(ROOT / "inventory" / "local"))
+GROUP = "flaskstack"
+
+INVENTORY_HELP = {
+    "inventory": f"the Ansible inventory (default {DEFAULT_INVENTORY}, or $FLASKSTACK_INVENTORY)",
+    "app": "only this app (default: every present app)",
+    "limit": "only these hosts, comma-separated (default: every host of the group flaskstack)",
+    "vault_password_file": "the vault password file (default $ANSIBLE_VAULT_PASSWORD_FILE)",
+}
+
+
+class DeployError(Exception):
+    """What failed, where: the message names the host and the app."""
+
+
+# -- the inventory, read as Ansible reads it -------------------------------------------------
+
+
+@dataclass
+class App:
+    name: str
+    src: Path
+    requirements: str
+    exclude: list[str]
+    packages: list[str]
+    migrate_once: bool
+
+
+@dataclass
+class Host:
+    name: str
+    address: str
+    port: int
+    user: str
+    key_file: str | None
+    become: bool
+    known_hosts: list[str]
+    apps: list[App]
+    cache_dir: Path
+    platforms: dict[str, list[str]]
+    pip_args: list[str]
+    info: dict = field(default_factory=dict)
+    connection: Connection | None = None
+
+
+def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "") -> list[Host]:
+    """The hosts of the group `flaskstack`, with their apps and connection settings.
+
+    Variables are templated by Ansible with the flaskstack and python roles'
+    defaults beneath the inventory's, as a play would see them. secret_env is
+    never templated here: a code push does not touch the environment.
+    """
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.parsing.vault import get_file_vault_secret
+    from ansible.plugins.loader import init_plugin_loader
+    from ansible.template import Templar
+    from ansible.vars.manager import VariableManager
+
+    init_plugin_loader([])
+    loader = DataLoader()
+    password_file = vault_password_file or os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE", "")
+    if password_file:
+        secret = get_file_vault_secret(filename=password_file, loader=loader)
+        secret.load()
+        loader.set_vault_secrets([("default", secret)])
+    if not Path(inventory).exists():
+        raise DeployError(f"inventory {inventory} does not exist")
+    manager = InventoryManager(loader=loader, sources=[inventory])
+    variables = VariableManager(loader=loader, inventory=manager)
+    defaults = {}
+    for role in ("flaskstack", "python"):
+        path = ROOT / "roles" / role / "defaults" / "main.yml"
+        defaults.update(loader.load_from_file(str(path), trusted_as_template=True))
+    names = [h.strip() for h in limit.split(",") if h.strip()]
+    hosts = []
+    for host in manager.get_hosts(GROUP):
+        if names and host.name not in names:
+            continue
+        hostvars = {**defaults, **variables.get_vars(host=host)}
+        templar = Templar(loader=loader, variables=hostvars)
+
+        def var(name, default=None, templar=templar, hostvars=hostvars):
+            return templar.template(hostvars[name]) if name in hostvars else default
+
+        app_defaults = var("flaskstack_app_defaults")
+        server_packages = var("flaskstack_server_packages")
+        worker_packages = var("flaskstack_worker_packages")
+        apps = []
+        raw_apps = hostvars.get("flaskstack_apps", [])
+        if not isinstance(raw_apps, list):
+            raw_apps = templar.template(raw_apps)
+        for index, raw in enumerate(raw_apps):
+            wanted = (
+                "name",
+                "state",
+                "src",
+                "requirements",
+                "exclude",
+                "server",
+                "worker_class",
+                "migrate_once",
+            )
+            app = {**app_defaults, **{k: templar.template(v) for k, v in raw.items() if k in wanted}}
+            if app["state"] != "present":
+                continue
+            if not app.get("src"):
+                raise DeployError(f"{host.name}: flaskstack_apps[{index}].src ({app['name']}) is required")
+            apps.append(
+                App(
+                    name=app["name"],
+                    src=Path(app["src"]).resolve(),
+                    requirements=app["requirements"],
+                    exclude=list(app["exclude"]),
+                    packages=app_packages(
+                        app["server"], app["worker_class"], server_packages, worker_packages
+                    ),
+                    migrate_once=bool(app["migrate_once"]),
+                )
+            )
+        common_args = " ".join(str(var(k, "")) for k in ("ansible_ssh_common_args", "ansible_ssh_extra_args"))
+        known_hosts = [
+            arg.split("=", 1)[1] for arg in shlex.split(common_args) if arg.startswith("UserKnownHostsFile=")
+        ]
+        hosts.append(
+            Host(
+                name=host.name,
+                address=str(var("ansible_host", host.name)),
+                port=int(var("ansible_port", 22)),
+                user=str(var("ansible_user", getpass.getuser())),
+                key_file=var("ansible_ssh_private_key_file"),
+                become=bool(var("ansible_become", False)),
+                known_hosts=known_hosts or [str(Path.home() / ".ssh" / "known_hosts")],
+                apps=apps,
+                cache_dir=Path(var("flaskstack_cache_dir")),
+                platforms=var("python_wheel_platforms", {}),
+                pip_args=list(var("python_pip_download_args", [])),
+            )
+        )
+    if not hosts:
+        raise DeployError(
+            f"no host of the group {GROUP} in {inventory}" + (f" matches {limit}" if limit else "")
+        )
+    return hosts
+
+
+# -- talking to hosts ---------------------------------------------------------------------------
+
+_print_lock = threading.Lock()
+
+
+def say(host: str, text: str) -> None:
+    with _print_lock:
+        for line in text.rstrip().splitlines():
+            print(f"[{host}] {line}", flush=True)
+
+
+def connect(host: Host) -> Connection:
+    """An SSH connection that trusts only known host keys, as Ansible's ssh does by default."""
+    kwargs = {"key_filename": host.key_file} if host.key_file else {}
+    conn = Connection(host.address, user=host.user, port=host.port, connect_timeout=10, connect_kwargs=kwargs)
+    conn.client.set_missing_host_key_policy(RejectPolicy())
+    for path in host.known_hosts:
+        if Path(path).is_file():
+            conn.client.load_host_keys(path)
+    try:
+        conn.open()
+    except OSError as exc:  # refused, timed out, no route
+        raise DeployError(f"{host.name} ({host.address}:{host.port}) is unreachable: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - paramiko's authentication and host key errors
+        raise DeployError(f"{host.name} ({host.address}:{host.port}): SSH failed: {exc}") from None
+    return conn
+
+
+def remote(host: Host, argv: list[str], what: str, check: bool = True) -> str:
+    """Run the release tool (or another command) on a host, as root."""
+    command = shlex.join(argv)
+    if host.become and host.user != "root":
+        command = "sudo -n " + command
+    result = host.connection.run(command, hide=True, warn=True, in_stream=False)
+    if check and result.exited != 0:
+        detail = "\n".join(x for x in (result.stdout.rstrip(), result.stderr.rstrip()) if x)
+        detail = detail or f"exit {result.exited}"
+        raise DeployError(f"{host.name}: {what} failed:\n{detail}")
+    return result.stdout
+
+
+def on_every_host(hosts: list[Host], work, title: str) -> list[str]:
+    """Run work(host) on every host at once; the errors, one message per host."""
+    start = time.monotonic()
+    errors = []
+    with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+        futures = {pool.submit(work, host): host for host in hosts}
+        for future, host in futures.items():
+            try:
+                future.result()
+            except DeployError as exc:
+                errors.append(str(exc))
+                say(host.name, f"FAILED: {exc}")
+    with _print_lock:
+        print(f"== {title}: {time.monotonic() - start:.2f}s", flush=True)
+    return errors
+
+
+def selected(host: Host, app: str) -> list[App]:
+    apps = [a for a in host.apps if not app or a.name == app]
+    if app and not apps:
+        raise DeployError(f"{host.name}: no present app named {app} in the inventory")
+    return apps
+
+
+def open_hosts(inventory: str, limit: str, vault_password_file: str, app: str = "") -> list[Host]:
+    try:
+        hosts = load_inventory(inventory, limit, vault_password_file)
+        for host in hosts:
+            selected(host, app)
+    except DeployError as exc:
+        raise Exit(f"fab: {exc}", code=2) from None
+
+    def open_one(host: Host) -> None:
+        host.connection = connect(host)
+        host.info = json.loads(remote(host, [TOOL, "info"], f"{TOOL} info (is the host provisioned?)"))
+        for a in selected(host, app):
+            if a.name not in host.info["apps"]:
+                raise DeployError(
+                    f"{host.name}: app {a.name} is not provisioned there: run ansible-playbook site.yml first"
+                )
+
+    errors = on_every_host(hosts, open_one, "connect")
+    if errors:
+        raise Exit("fab: " + "\n".join(errors), code=1)
+    return hosts
+
+
+def git_note(src: Path) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(src), "describe", "--always", "--dirty", "--abbrev=10"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return f"git {result.stdout.strip()}" if result.returncode == 0 else "not a git tree"
+
+
+# -- tasks ----------------------------------------------------------------------------------------
+
+
+@task(help={**INVENTORY_HELP, "src": "deploy this source folder instead of the app's src (needs --app)"})
+def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_password_file=""):
+    """Push each app's code to every host; health-gated, switched back by itself on failure."""
+    started = time.monotonic()
+    if src and not app:
+        raise Exit("fab: --src needs --app (which app the folder is)", code=2)
+    hosts = open_hosts(inventory, limit, vault_password_file, app)
+    who = f"fab deploy by {getpass.getuser()}@{socket.gethostname()}"
+
+    # Package on this machine, once per app and target Python: the release id is a
+    # content hash, so every host gets the same id and the same code.
+    plan: dict[tuple[str, str], dict] = {}
+    t0 = time.monotonic()
+    for host in hosts:
+        python, arch = host.info["python"], host.info["architecture"]
+        for a in selected(host, app):
+            folder = Path(src).resolve() if src else a.src
+            if not (folder / a.requirements).is_file():
+                raise Exit(f"fab: {a.name}: {folder / a.requirements} does not exist", code=2)
+            try:
+                release = build_release(folder, a.name, a.exclude, a.packages, host.cache_dir)
+                key, wheels = build_wheelhouse(
+                    a.name, folder / a.requirements, a.packages, python, arch,
+                    host.platforms.get(arch, []), host.pip_args, host.cache_dir,
+                )  # fmt: skip
+            except (OSError, WheelhouseError) as exc:
+                raise Exit(f"fab: packaging {a.name} for {host.name} failed: {exc}", code=1) from None
+            plan[host.name, a.name] = {
+                "release": release,
+                "key": key,
+                "wheels": wheels,
+                "note": f"{who}, {git_note(folder)}",
+            }
+    ids = sorted({(a, p["release"].id) for (_, a), p in plan.items()})
+    print(f"== package: {time.monotonic() - t0:.2f}s  " + ", ".join(f"{a} {i}" for a, i in ids), flush=True)
+
+    def prepare(host: Host) -> None:
+        for a in selected(host, app):
+            p = plan[host.name, a.name]
+            have = host.info["apps"][a.name]
+            if p["release"].id in have["releases"]:
+                say(host.name, f"{a.name}: release {p['release'].id} is on the host already")
+                continue
+            t = time.monotonic()
+            incoming = remote(host, ["mktemp", "-d", "-t", "flaskstack-upload.XXXXXX"], "mktemp").strip()
+            archive = f"{incoming}/{p['release'].id}.tar.gz"
+            host.connection.put(p["release"].archive, archive)
+            argv = [TOOL, "prepare", a.name, p["release"].id, "--archive", archive, "--wheelhouse", p["key"]]
+            sent = "code"
+            if p["key"] not in have["wheelhouses"]:
+                wheels = f"{incoming}/{p['key']}.tar"
+                host.connection.put(str(wheelhouse_archive(p["wheels"])), wheels)
+                argv += ["--wheelhouse-archive", wheels]
+                sent = "code and wheelhouse"
+            say(host.name, f"{a.name}: upload {sent} {time.monotonic() - t:.2f}s")
+            try:
+                say(host.name, remote(host, [*argv, "--remove-archive"], f"{a.name}: prepare"))
+            finally:
+                remote(host, ["rm", "-rf", incoming], "clean up", check=False)
+
+    errors = on_every_host(hosts, prepare, "upload and prepare")
+    if errors:
+        raise Exit("fab deploy: stopped before any switch; every host still serves its live release", code=1)
+
+    # A database the hosts share is migrated once, from the first host, before any switch.
+    first = hosts[0]
+    for a in selected(first, app):
+        rid = plan[first.name, a.name]["release"].id
+        if a.migrate_once and first.info["apps"][a.name]["live"] != rid:
+            try:
+                say(first.name, remote(first, [TOOL, "migrate", a.name, rid], f"{a.name}: migrate"))
+            except DeployError as exc:
+                raise Exit(f"fab deploy: {exc}\nstopped before any switch", code=1) from None
+
+    def activate(host: Host) -> None:
+        for a in selected(host, app):
+            p = plan[host.name, a.name]
+            argv = [TOOL, "activate", a.name, p["release"].id, "--note", p["note"]]
+            say(host.name, f"{a.name}: activate {p['release'].id}")
+            say(host.name, remote(host, argv + (["--skip-migrate"] if a.migrate_once else []), a.name))
+
+    errors = on_every_host(hosts, activate, "activate")
+    took = time.monotonic() - started
+    if errors:
+        raise Exit(
+            f"fab deploy: failed after {took:.2f}s (see above: the failed hosts serve their previous release)"
+        )
+    print(f"fab deploy: done in {took:.2f}s", flush=True)
+
+
+@task(help={**INVENTORY_HELP, "release": "the release id to go back to (default: the previous one)"})
+def rollback(c, inventory=DEFAULT_INVENTORY, app="", limit="", release="", vault_password_file=""):
+    """Put the previous release (or --release ID) live again, health-gated, on every host."""
+    started = time.monotonic()
+    hosts = open_hosts(inventory, limit, vault_password_file, app)
+    note = f"fab rollback by {getpass.getuser()}@{socket.gethostname()}"
+
+    def back(host: Host) -> None:
+        for a in selected(host, app):
+            argv = [TOOL, "rollback", a.name, *([release] if release else []), "--note", note]
+            say(host.name, f"{a.name}: rollback")
+            say(host.name, remote(host, argv, f"{a.name}: rollback"))
+
+    errors = on_every_host(hosts, back, "rollback")
+    took = time.monotonic() - started
+    if errors:
+        raise Exit(f"fab rollback: failed after {took:.2f}s", code=1)
+    print(f"fab rollback: done in {took:.2f}s", flush=True)
+
+
+@task(help=INVENTORY_HELP)
+def releases(c, inventory=DEFAULT_INVENTORY, app="", limit="", vault_password_file=""):
+    """List each app's releases on every host, newest first (live, previous, ready)."""
+    hosts = open_hosts(inventory, limit, vault_password_file, app)
+    for host in hosts:
+        for a in selected(host, app):
+            say(host.name, f"{a.name}:\n" + remote(host, [TOOL, "releases", a.name], "releases"))
+
+
+@task(help=INVENTORY_HELP)
+def status(c, inventory=DEFAULT_INVENTORY, app="", limit="", vault_password_file=""):
+    """Show each app's live and previous release, service state and health on every host."""
+    hosts = open_hosts(inventory, limit, vault_password_file, app)
+    for host in hosts:
+        for a in selected(host, app):
+            say(host.name, remote(host, [TOOL, "status", a.name], "status"))
+
+
+@task(help={**INVENTORY_HELP, "lines": "how many journal lines per app (default 50)"})
+def logs(c, inventory=DEFAULT_INVENTORY, app="", limit="", lines=50, vault_password_file=""):
+    """Show the last lines of each app server's journal on every host."""
+    hosts = open_hosts(inventory, limit, vault_password_file, app)
+    for host in hosts:
+        for a in selected(host, app):
+            argv = [
+                "journalctl",
+                "-u",
+                f"{a.name}.service",
+                "-n",
+                str(int(lines)),
+                "--no-pager",
+                "-o",
+                "short-iso",
+            ]
+            say(host.name, f"{a.name}:\n" + remote(host, argv, "journalctl"))
