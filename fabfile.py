@@ -92,6 +92,9 @@ class Host:
     connection: Connection | None = None
 
 
+_plugins_ready = False
+
+
 def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "") -> list[Host]:
     """The hosts of the group `flaskstack`, with their apps and connection settings.
 
@@ -106,7 +109,10 @@ def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
 
-    init_plugin_loader([])
+    global _plugins_ready
+    if not _plugins_ready:  # once per process, as ansible-playbook does
+        init_plugin_loader([])
+        _plugins_ready = True
     loader = DataLoader()
     password_file = vault_password_file or os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE", "")
     if password_file:

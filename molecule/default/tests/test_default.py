@@ -106,9 +106,14 @@ def test_current_points_at_a_release_with_its_own_venv_owned_by_the_app_user(hos
     venv = host.file(f"{release}/venv")
     assert venv.user == APP
     # Installed from the wheelhouse: gunicorn and Flask are in the release's venv,
-    # not in the system Python (PEP 668).
-    pip_list = host.check_output(f"{release}/venv/bin/python -m pip list --format=json")
-    names = {p["name"].lower() for p in json.loads(pip_list)}
+    # not in the system Python (PEP 668). The venv has no pip of its own: it is
+    # never changed after it was built.
+    listing = host.check_output(
+        f"{release}/venv/bin/python -c 'import importlib.metadata as m, json;"
+        " print(json.dumps([d.metadata[\"Name\"] for d in m.distributions()]))'"
+    )
+    names = {name.lower() for name in json.loads(listing)}
+    assert "pip" not in names
     assert {"flask", "gunicorn", "flask-sqlalchemy"} <= names
     assert host.run("python3 -c 'import flask'").rc != 0
 
@@ -147,3 +152,14 @@ def test_access_log_has_request_and_upstream_times(host, http):
 def test_service_unit_is_sandboxed(exposure):
     score, out = exposure(f"{APP}.service")
     assert score <= 2.0, out
+
+
+def test_release_tool_reports_the_live_release_and_its_history(host):
+    revision = host.file(f"{HOME}/current/REVISION").content_string.strip()
+    rows = json.loads(host.check_output(f"flaskstack-release releases {APP} --json"))
+    assert rows[0]["release"] == revision
+    assert rows[0]["state"] == "live"
+    assert rows[0]["note"] == "ansible-playbook"
+    settings = host.file(f"/etc/flaskstack/{APP}/release.json")
+    assert (settings.user, settings.mode) == ("root", 0o644)
+    assert "SECRET" not in settings.content_string

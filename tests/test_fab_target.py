@@ -1,0 +1,162 @@
+"""`fab deploy`, `fab rollback` and friends against the demo target, over real SSH.
+
+Each deploy pushes a variant of the sample app (a copy of app/ with one change)
+with `--src`, and the checks are the user's: the page through nginx on
+127.0.0.1:8080, the exit code, the message. At the end the demo serves the
+inventory's own app/ again, as `make demo` leaves it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+URL = "http://127.0.0.1:8080"
+FAB = Path(sys.executable).parent / "fab"
+
+pytestmark = pytest.mark.target
+
+
+def fab(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    result.output = result.stdout + result.stderr
+    return result
+
+
+def page() -> str:
+    with urllib.request.urlopen(URL + "/", timeout=10) as response:
+        assert response.status == 200
+        return re.search(r"Hello from flaskstack[^<]*", response.read().decode()).group(0)
+
+
+def variant(tmp_path: Path, label: str, change=None) -> Path:
+    """A copy of the sample app whose page says which variant it is."""
+    src = tmp_path / label
+    shutil.copytree(ROOT / "app", src, ignore=shutil.ignore_patterns("__pycache__", "tests", "instance"))
+    index = src / "hello" / "templates" / "index.html"
+    index.write_text(index.read_text().replace("Hello from flaskstack", f"Hello from flaskstack {label}"))
+    if change:
+        change(src)
+    return src
+
+
+def release_ids() -> list[str]:
+    result = fab("releases")
+    assert result.returncode == 0, result.output
+    return re.findall(r"^\[demo\] ([0-9a-f]{12}) ", result.stdout, re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    result = subprocess.run(
+        ["make", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    yield
+    # Leave the demo as `make demo` leaves it: the inventory's own app, live.
+    back = fab("deploy")
+    assert back.returncode == 0, back.output
+
+
+def test_deploy_twice_then_roll_back(demo, tmp_path):
+    first = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, "blue")))
+    assert first.returncode == 0, first.output
+    assert page() == "Hello from flaskstack blue"
+    # Every step is printed with its duration.
+    for step in ("check", "migrate", "answer", "switch", "restart", "health"):
+        assert re.search(rf"\[demo\]\s+{step}\s+ok\s+\d+\.\d\ds", first.stdout), first.stdout
+    assert re.search(r"fab deploy: done in \d+\.\d\ds", first.stdout)
+
+    second = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, "green")))
+    assert second.returncode == 0, second.output
+    assert page() == "Hello from flaskstack green"
+    # Same requirements: the wheelhouse is not sent again and the venv is cloned.
+    assert re.search(r"hello: upload code \d", second.stdout), second.stdout
+    assert "cloned from" in second.stdout
+
+    listing = fab("releases").stdout
+    green, blue = re.findall(r"^\[demo\] ([0-9a-f]{12}) +(live|previous)", listing, re.MULTILINE)
+    assert (green[1], blue[1]) == ("live", "previous")
+
+    back = fab("rollback")
+    assert back.returncode == 0, back.output
+    assert page() == "Hello from flaskstack blue"
+    assert re.search(r"fab rollback: done in \d+\.\d\ds", back.stdout)
+    status = fab("status")
+    assert f"live      {blue[0]}" in status.stdout and "health    GET /healthz -> 200" in status.stdout
+
+    logs = fab("logs", "--lines", "20")
+    assert logs.returncode == 0 and "hello:" in logs.stdout
+
+
+def test_a_tree_without_the_entry_point_fails_before_the_switch(demo, tmp_path):
+    before = page()
+    ids = release_ids()
+    src = variant(tmp_path, "no-entry", lambda s: shutil.move(s / "hello", s / "renamed"))
+    result = fab("deploy", "--app", "hello", "--src", str(src))
+    assert result.returncode == 1
+    assert "does not build its app (hello:create_app())" in result.output
+    assert "No module named 'hello'" in result.output
+    assert re.search(r"nothing switched: [0-9a-f]{12} still live; discarded [0-9a-f]{12}", result.output)
+    assert page() == before
+    assert release_ids() == ids
+
+
+def test_a_release_whose_health_check_fails_never_serves(demo, tmp_path):
+    def sick(src: Path) -> None:
+        init = src / "hello" / "__init__.py"
+        init.write_text(init.read_text().replace("200 if healthy else 503", "503"))
+
+    before = page()
+    result = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, "sick", sick)))
+    assert result.returncode == 1
+    assert "does not answer /healthz before the switch" in result.output
+    assert "503" in result.output
+    assert page() == before
+
+
+def test_requirements_that_cannot_be_resolved_fail_on_the_control_node(demo, tmp_path):
+    def unresolvable(src: Path) -> None:
+        with (src / "requirements.txt").open("a") as requirements:
+            requirements.write("flaskstack-no-such-package==0.0.1\n")
+
+    before, ids = page(), release_ids()
+    result = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, "unresolvable", unresolvable)))
+    assert result.returncode == 1
+    assert "hello: pip cannot get wheels of" in result.output
+    assert "flaskstack-no-such-package" in result.output
+    assert "== upload and prepare" not in result.output
+    assert page() == before and release_ids() == ids
+
+
+def test_a_deploy_to_an_unreachable_host_changes_nothing(demo, tmp_path):
+    inventory = tmp_path / "inventory"
+    shutil.copytree(ROOT / "inventory" / "local", inventory)
+    hosts = inventory / "hosts.yml"
+    hosts.write_text(
+        hosts.read_text()
+        .replace("ansible_port: 2222", "ansible_port: 2299")
+        .replace("{{ inventory_dir }}/../..", str(ROOT))
+    )
+    group_vars = inventory / "group_vars" / "flaskstack.yml"
+    group_vars.write_text(group_vars.read_text().replace("{{ inventory_dir }}/../..", str(ROOT)))
+    result = fab("deploy", "--inventory", str(inventory))
+    assert result.returncode == 1
+    assert "demo (127.0.0.1:2299) is unreachable" in result.output
+    with urllib.request.urlopen(URL + "/healthz", timeout=10) as response:
+        assert response.status == 200
+
+
+def test_rollback_to_a_release_that_is_not_there_is_refused(demo):
+    before = page()
+    result = fab("rollback", "--release", "0123456789ab")
+    assert result.returncode == 1
+    assert "release 0123456789ab is not on this host" in result.output
+    assert page() == before

@@ -1,0 +1,113 @@
+"""The fabfile without a target: it reads the Ansible inventory as Ansible does,
+explains itself, and stops with a clear message before touching a host it cannot reach."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import fabfile
+
+ROOT = Path(__file__).resolve().parent.parent
+FAB = Path(sys.executable).parent / "fab"
+
+
+def fab(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_the_demo_inventory_gives_the_demo_host_and_its_app():
+    (host,) = fabfile.load_inventory(str(ROOT / "inventory" / "local"))
+    assert (host.name, host.address, host.port, host.user) == ("demo", "127.0.0.1", 2222, "root")
+    assert Path(host.key_file).resolve() == ROOT / ".demo" / "ssh" / "id_ed25519"
+    assert [Path(p).resolve() for p in host.known_hosts] == [ROOT / ".demo" / "ssh" / "known_hosts"]
+    (app,) = host.apps
+    assert (app.name, app.src, app.requirements) == ("hello", ROOT / "app", "requirements.txt")
+    # The role defaults apply beneath the inventory, as in a play: gunicorn is the app server.
+    assert app.packages == ["gunicorn==23.0.0"]
+    assert "tests" in app.exclude
+
+
+def test_the_example_inventory_gives_two_hosts_through_sudo():
+    hosts = fabfile.load_inventory(str(ROOT / "inventory" / "example"))
+    assert [(h.name, h.address, h.user, h.become) for h in hosts] == [
+        ("web1.example.com", "203.0.113.10", "deploy", True),
+        ("web2.example.com", "203.0.113.11", "deploy", True),
+    ]
+    assert [a.name for a in hosts[0].apps] == ["shop"]
+    assert fabfile.load_inventory(str(ROOT / "inventory" / "example"), limit="web2.example.com")[0].name == (
+        "web2.example.com"
+    )
+
+
+def test_host_and_group_vars_change_an_app_per_host(tmp_path):
+    """host_vars win over group_vars, and absent apps are not deployed."""
+    inventory = tmp_path / "inv"
+    (inventory / "host_vars").mkdir(parents=True)
+    (inventory / "group_vars").mkdir()
+    apps = [
+        {"name": "one", "src": str(ROOT / "app"), "entry_point": "hello:create_app()", "server_names": ["a"]},
+        {"name": "gone", "state": "absent"},
+    ]
+    (inventory / "hosts.yml").write_text(yaml.safe_dump({"flaskstack": {"hosts": {"a": None, "b": None}}}))
+    (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump({"flaskstack_apps": apps}))
+    apps_b = [{**apps[0], "server": "uwsgi", "worker_class": "gthread"}]
+    (inventory / "host_vars" / "b.yml").write_text(yaml.safe_dump({"flaskstack_apps": apps_b}))
+    a, b = fabfile.load_inventory(str(inventory))
+    assert [x.name for x in a.apps] == ["one"]
+    assert a.apps[0].packages == ["gunicorn==23.0.0"]
+    assert b.apps[0].packages == ["pyuwsgi==2.0.30.post1"]
+
+
+def test_fab_list_and_help_explain_every_task():
+    listing = fab("--list")
+    assert listing.returncode == 0, listing.stderr
+    for name in ("deploy", "rollback", "releases", "status", "logs"):
+        assert f"  {name} " in listing.stdout
+    helped = fab("--help", "deploy")
+    assert helped.returncode == 0
+    for option in ("--inventory", "--app", "--limit", "--src", "--vault-password-file"):
+        assert option in helped.stdout
+    assert "health-gated" in helped.stdout
+
+
+def test_an_unreachable_host_stops_the_deploy_before_anything(tmp_path):
+    inventory = tmp_path / "inv"
+    (inventory / "group_vars").mkdir(parents=True)
+    hosts = {"flaskstack": {"hosts": {"gone": {"ansible_host": "127.0.0.1", "ansible_port": 1}}}}
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    app = {
+        "name": "hello",
+        "src": str(ROOT / "app"),
+        "entry_point": "hello:create_app()",
+        "server_names": ["x"],
+    }
+    (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump({"flaskstack_apps": [app]}))
+    result = fab("deploy", "--inventory", str(inventory))
+    assert result.returncode == 1
+    assert "gone (127.0.0.1:1) is unreachable" in result.stdout + result.stderr
+    assert "== package" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--inventory", "/nonexistent/inventory"], "inventory /nonexistent/inventory does not exist"),
+        (["--app", "shop"], "demo: no present app named shop in the inventory"),
+        (["--src", "/tmp"], "--src needs --app"),
+        (["--limit", "web9"], "no host of the group flaskstack in"),
+    ],
+    ids=["missing inventory", "unknown app", "src without app", "limit matching nothing"],
+)
+def test_bad_arguments_are_named(args, message):
+    result = fab("deploy", *args)
+    assert result.returncode == 2
+    assert message in result.stdout + result.stderr

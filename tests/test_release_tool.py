@@ -1,0 +1,338 @@
+"""flaskstack-release, the on-host release tool, run as a command on real folders.
+
+Each test builds a host layout in a temporary folder: the app's release.json
+(isolation "none": commands run as this user, without systemd), a wheelhouse
+with one real wheel, release archives made by the control node's own packaging
+code, and a real HTTP server on the app's unix socket that answers as the live
+release (`current`) says. The tool's restart command is `true`: the test server
+reads `current` on every request, as a restarted app server would.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socketserver
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from flaskstack_release import build_release
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOL = ROOT / "roles" / "app" / "files" / "usr" / "local" / "sbin" / "flaskstack-release"
+WHEELHOUSE = "cp311-x86_64-test"
+
+# The app's code: a factory whose health answer comes from a file of the release,
+# so a test can ship a release that fails before the switch (answer.txt) or only
+# once it is live (live.txt, read by the socket's server).
+APP = """
+import os, tinydep
+STATUS = open(os.path.join(os.path.dirname(__file__), "answer.txt")).read().strip()
+def create_app():
+    def app(environ, start_response):
+        start_response(STATUS, [("Content-Type", "text/plain")])
+        return [b"release " + os.environ.get("MARK", "").encode()]
+    return app
+"""
+
+
+def make_wheel(folder: Path) -> None:
+    """tinydep 1.0: one module and a console script, as a real wheel."""
+    info = "tinydep-1.0.dist-info"
+    files = {
+        "tinydep/__init__.py": "def main():\n    print('tinydep')\n",
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: tinydep\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/entry_points.txt": "[console_scripts]\ntinydep = tinydep:main\n",
+    }
+    record = "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(folder / "tinydep-1.0-py3-none-any.whl", "w") as wheel:
+        for name, text in {**files, f"{info}/RECORD": record}.items():
+            wheel.writestr(name, text)
+
+
+class Host:
+    """One app's folders on a pretend host, and the tool run against them."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.config_dir = tmp / "etc"
+        self.home = tmp / "srv" / "site"
+        self.socket = tmp / "site.sock"
+        self.settings = {
+            "name": "site",
+            "user": os.environ.get("USER", "root"),
+            "group": "unused",
+            "home": str(self.home),
+            "env_file": str(tmp / "etc" / "site" / "app.env"),
+            "socket": str(self.socket),
+            "service": "site.service",
+            "restart_command": ["true"],
+            "server": "uwsgi",  # the generic import path: module, then factory()
+            "entry_point": "siteapp:create_app()",
+            "health_path": "/healthz",
+            "health_host": "site.test",
+            "health_timeout": 2,
+            "init_command": "",
+            "migrate_command": "",
+            "keep_releases": 5,
+            "isolation": "none",
+        }
+        self.write_settings()
+        (self.config_dir / "site" / "app.env").write_text('MARK="from the env file"\n')
+        wheelhouse = self.home / "wheelhouse" / WHEELHOUSE
+        wheelhouse.mkdir(parents=True)
+        make_wheel(wheelhouse)
+        (wheelhouse / "requirements.txt").write_text("tinydep==1.0\n")
+        (wheelhouse / "server-requirements.txt").write_text("")
+        (self.home / "shared").mkdir()
+
+    def write_settings(self, **changes) -> None:
+        self.settings.update(changes)
+        (self.config_dir / "site").mkdir(parents=True, exist_ok=True)
+        (self.config_dir / "site" / "release.json").write_text(json.dumps(self.settings))
+
+    def tool(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(TOOL), "--config-dir", str(self.config_dir), *args],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+
+    def release(self, label: str, answer: str = "200 OK", live: str = "200", broken: bool = False) -> str:
+        """Package a release (control node code), upload and prepare it; its id."""
+        src = self.tmp / "src" / label
+        (src / "siteapp").mkdir(parents=True)
+        code = "this is not python(" if broken else APP + f"\nLABEL = {label!r}\n"
+        (src / "siteapp" / "__init__.py").write_text(code)
+        (src / "siteapp" / "answer.txt").write_text(answer)
+        (src / "live.txt").write_text(live)
+        (src / "requirements.txt").write_text("tinydep==1.0\n")
+        release = build_release(src, "site", [], [], self.tmp / "cache")
+        result = self.tool(
+            "prepare", "site", release.id, "--archive", release.archive, "--wheelhouse", WHEELHOUSE
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return release.id
+
+    def live(self) -> str | None:
+        current = self.home / "current"
+        return Path(os.readlink(current)).name if current.is_symlink() else None
+
+    def releases(self) -> list[dict]:
+        return json.loads(self.tool("releases", "site", "--json").stdout)
+
+
+class LiveServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+@pytest.fixture
+def host(tmp_path):
+    host = Host(tmp_path)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            try:
+                code = int((host.home / "current" / "live.txt").read_text())
+            except (OSError, ValueError):
+                code = 502
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(f"{self.path} {self.headers['Host']}".encode())
+
+        def log_message(self, *args):
+            pass
+
+        def address_string(self):
+            return "unix"
+
+    server = LiveServer(str(host.socket), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield host
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_good_release_goes_live_and_is_recorded(host):
+    first = host.release("one")
+    result = host.tool("activate", "site", first, "--note", "first deploy")
+    assert result.returncode == 0, result.stderr
+    assert f"ACTIVATED {first}" in result.stdout
+    for step in ("check", "answer", "switch", "restart", "health"):
+        assert f"  {step}" in result.stdout
+    assert host.live() == first
+    history = [json.loads(line) for line in (host.home / "history.jsonl").read_text().splitlines()]
+    assert history[-1] | {"time": None} == {
+        "action": "deploy", "from": None, "note": "first deploy", "release": first, "time": None,
+    }  # fmt: skip
+    assert "siteapp:create_app() builds" in result.stdout
+
+
+def test_activating_the_live_release_changes_nothing(host):
+    first = host.release("one")
+    host.tool("activate", "site", first)
+    again = host.tool("activate", "site", first)
+    assert again.returncode == 0
+    assert f"unchanged {first}" in again.stdout
+    assert len((host.home / "history.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_second_release_clones_the_venv_and_fixes_its_paths(host):
+    first = host.release("one")
+    second = host.release("two")
+    venv = host.home / "releases" / second / "venv"
+    script = (venv / "bin" / "tinydep").read_text().splitlines()[0]
+    assert script == f"#!{venv}/bin/python"
+    assert str(host.home / "releases" / first) not in (venv / "pyvenv.cfg").read_text()
+    run = subprocess.run([venv / "bin" / "tinydep"], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "tinydep"
+
+
+def test_a_release_that_does_not_import_never_goes_live(host):
+    good = host.release("good")
+    host.tool("activate", "site", good)
+    bad = host.release("bad", broken=True)
+    result = host.tool("activate", "site", bad)
+    assert result.returncode == 1
+    assert f"release {bad} does not build its app (siteapp:create_app())" in result.stderr
+    assert "SyntaxError" in result.stderr
+    assert f"nothing switched: {good} still live; discarded {bad}" in result.stderr
+    assert host.live() == good
+    assert not (host.home / "releases" / bad).exists()
+
+
+def test_a_release_that_fails_its_health_path_before_the_switch_never_goes_live(host):
+    good = host.release("good")
+    host.tool("activate", "site", good)
+    sick = host.release("sick", answer="503 Service Unavailable")
+    result = host.tool("activate", "site", sick)
+    assert result.returncode == 1
+    assert f"release {sick} does not answer /healthz before the switch" in result.stderr
+    assert "GET /healthz answered 503 Service Unavailable" in result.stderr
+    assert host.live() == good
+    assert not (host.home / "releases" / sick).exists()
+
+
+def test_a_release_that_fails_its_health_check_once_live_is_switched_back(host):
+    good = host.release("good")
+    host.tool("activate", "site", good)
+    sick = host.release("sick-when-live", live="500")
+    result = host.tool("activate", "site", sick)
+    assert result.returncode == 1
+    assert "health check through" in result.stderr and "-> 500" in result.stderr
+    assert f"switched back to {good}, which answers; discarded {sick}" in result.stderr
+    assert "  rollback ok" in result.stdout
+    assert host.live() == good
+    assert not (host.home / "releases" / sick).exists()
+    assert json.loads((host.home / "history.jsonl").read_text().splitlines()[-1])["action"] == "auto-rollback"
+
+
+def test_rollback_goes_to_the_previous_release_and_back(host):
+    first, second = host.release("one"), host.release("two")
+    host.tool("activate", "site", first)
+    host.tool("activate", "site", second)
+    assert [(r["release"], r["state"]) for r in host.releases()] == [(second, "live"), (first, "previous")]
+    back = host.tool("rollback", "site")
+    assert back.returncode == 0, back.stderr
+    assert host.live() == first
+    assert host.tool("rollback", "site").returncode == 0
+    assert host.live() == second
+    assert host.tool("rollback", "site", first).returncode == 0
+    assert host.live() == first
+    missing = host.tool("rollback", "site", "0123456789ab")
+    assert missing.returncode == 1
+    assert "release 0123456789ab is not on this host" in missing.stderr
+    assert host.live() == first
+
+
+def test_rollback_without_a_previous_release_says_so(host):
+    host.tool("activate", "site", host.release("one"))
+    result = host.tool("rollback", "site")
+    assert result.returncode == 1
+    assert "site: no previous release to roll back to" in result.stderr
+
+
+def test_migrate_runs_before_the_switch_and_a_failure_stops_the_deploy(host):
+    log = host.home / "shared" / "migrations.log"
+    host.write_settings(
+        migrate_command=f'echo "$(cat REVISION) live=$(readlink {host.home}/current)" >> {log}'
+    )
+    first = host.release("one")
+    host.tool("activate", "site", first)
+    second = host.release("two")
+    assert host.tool("activate", "site", second).returncode == 0
+    lines = log.read_text().splitlines()
+    # Each release migrated itself while the one before it was still live.
+    assert lines == [f"{first} live=", f"{second} live={host.home}/releases/{first}"]
+    host.write_settings(migrate_command="echo 'no such column' >&2; exit 3")
+    third = host.release("three")
+    result = host.tool("activate", "site", third)
+    assert result.returncode == 1
+    assert "site: migrate_command failed: exit 3" in result.stderr
+    assert "no such column" in result.stderr
+    assert host.live() == second
+
+
+def test_init_command_runs_once_in_the_apps_life(host):
+    log = host.home / "shared" / "init.log"
+    host.write_settings(init_command=f"echo init >> {log}")
+    host.tool("activate", "site", host.release("one"))
+    host.tool("activate", "site", host.release("two"))
+    assert log.read_text() == "init\n"
+
+
+def test_prune_keeps_the_newest_releases_and_never_the_live_or_previous_one(host):
+    host.write_settings(keep_releases=2)
+    ids = []
+    for n in range(4):
+        ids.append(host.release(f"r{n}"))
+        assert host.tool("activate", "site", ids[-1]).returncode == 0
+    assert sorted(p.name for p in (host.home / "releases").iterdir()) == sorted(ids[2:])
+    # A release prepared for the next deploy is newer than the live one: it stays.
+    upcoming = host.release("upcoming")
+    host.tool("prune", "site")
+    assert (host.home / "releases" / upcoming).is_dir()
+    host.tool("activate", "site", ids[3])
+    # Rolled back: the live one is old, and the previous one must stay too.
+    host.tool("rollback", "site", ids[2])
+    host.write_settings(keep_releases=1)
+    host.tool("prune", "site")
+    assert sorted(p.name for p in (host.home / "releases").iterdir()) == sorted([ids[2], ids[3]])
+    # The wheelhouse stays while a kept release was built from it.
+    assert (host.home / "wheelhouse" / WHEELHOUSE).is_dir()
+
+
+def test_prepare_without_the_wheelhouse_fails_and_leaves_no_release(host):
+    src = host.tmp / "src" / "lonely"
+    src.mkdir(parents=True)
+    (src / "app.py").write_text("")
+    release = build_release(src, "site", [], [], host.tmp / "cache")
+    result = host.tool(
+        "prepare", "site", release.id, "--archive", release.archive, "--wheelhouse", "cp311-nope"
+    )
+    assert result.returncode == 1
+    assert "no wheelhouse" in result.stderr and "cp311-nope" in result.stderr
+    assert not (host.home / "releases" / release.id).exists()
+
+
+def test_an_app_that_was_never_provisioned_is_named(host):
+    result = host.tool("releases", "shop")
+    assert result.returncode == 1
+    assert "shop: no " in result.stderr and "run `ansible-playbook site.yml` first" in result.stderr
+
+
+def test_status_and_info_describe_the_host(host):
+    first = host.release("one")
+    host.tool("activate", "site", first)
+    status = json.loads(host.tool("status", "site", "--json").stdout)
+    assert status["live"] == first
+    assert status["health"] == "GET /healthz -> 200"
+    info = json.loads(host.tool("info").stdout)
+    assert info["apps"]["site"] == {"live": first, "releases": [first], "wheelhouses": [WHEELHOUSE]}
+    assert info["python"] == "{}.{}".format(*sys.version_info[:2])
