@@ -35,6 +35,11 @@ demo: venv ## Provision the embedded local target and print its URL
 	@echo "flaskstack demo: $(DEMO_URL)"
 	@$(BIN)/python -c 'import sys, urllib.request; r = urllib.request.urlopen(sys.argv[1] + "/healthz", timeout=10); print("GET /healthz ->", r.status, r.read().decode())' $(DEMO_URL)
 
+.PHONY: bench
+bench: demo ## Benchmark: HTTP load through nginx during fab deploys, failed deploys, rollback, config change
+	$(BIN)/python bench/deploy_speed.py
+	$(BIN)/python bench/zero_downtime.py
+
 .PHONY: clean
 clean: ## Remove the demo target (container, key, secrets)
 	-docker rm -f flaskstack-demo

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.appvariants import adds_requirement, breaks_health, variant
+
 ROOT = Path(__file__).resolve().parent.parent
 URL = "http://127.0.0.1:8080"
 FAB = Path(sys.executable).parent / "fab"
@@ -34,17 +36,6 @@ def page() -> str:
     with urllib.request.urlopen(URL + "/", timeout=10) as response:
         assert response.status == 200
         return re.search(r"Hello from flaskstack[^<]*", response.read().decode()).group(0)
-
-
-def variant(tmp_path: Path, label: str, change=None) -> Path:
-    """A copy of the sample app whose page says which variant it is."""
-    src = tmp_path / label
-    shutil.copytree(ROOT / "app", src, ignore=shutil.ignore_patterns("__pycache__", "tests", "instance"))
-    index = src / "hello" / "templates" / "index.html"
-    index.write_text(index.read_text().replace("Hello from flaskstack", f"Hello from flaskstack {label}"))
-    if change:
-        change(src)
-    return src
 
 
 def release_ids() -> list[str]:
@@ -110,12 +101,8 @@ def test_a_tree_without_the_entry_point_fails_before_the_switch(demo, tmp_path):
 
 
 def test_a_release_whose_health_check_fails_never_serves(demo, tmp_path):
-    def sick(src: Path) -> None:
-        init = src / "hello" / "__init__.py"
-        init.write_text(init.read_text().replace("200 if healthy else 503", "503"))
-
     before = page()
-    result = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, "sick", sick)))
+    result = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, "sick", breaks_health)))
     assert result.returncode == 1
     assert "does not answer /healthz before the switch" in result.output
     assert "503" in result.output
@@ -123,12 +110,14 @@ def test_a_release_whose_health_check_fails_never_serves(demo, tmp_path):
 
 
 def test_requirements_that_cannot_be_resolved_fail_on_the_control_node(demo, tmp_path):
-    def unresolvable(src: Path) -> None:
-        with (src / "requirements.txt").open("a") as requirements:
-            requirements.write("flaskstack-no-such-package==0.0.1\n")
-
     before, ids = page(), release_ids()
-    result = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, "unresolvable", unresolvable)))
+    result = fab(
+        "deploy",
+        "--app",
+        "hello",
+        "--src",
+        str(variant(tmp_path, "unresolvable", adds_requirement("flaskstack-no-such-package==0.0.1"))),
+    )
     assert result.returncode == 1
     assert "hello: pip cannot get wheels of" in result.output
     assert "flaskstack-no-such-package" in result.output

@@ -110,7 +110,7 @@ def test_current_points_at_a_release_with_its_own_venv_owned_by_the_app_user(hos
     # never changed after it was built.
     listing = host.check_output(
         f"{release}/venv/bin/python -c 'import importlib.metadata as m, json;"
-        " print(json.dumps([d.metadata[\"Name\"] for d in m.distributions()]))'"
+        ' print(json.dumps([d.metadata["Name"] for d in m.distributions()]))\''
     )
     names = {name.lower() for name in json.loads(listing)}
     assert "pip" not in names

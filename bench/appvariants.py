@@ -1,0 +1,46 @@
+"""Variants of the sample app, for the benchmarks and the end-to-end tests.
+
+Each is a copy of app/ whose page says which variant it is (so each is a new
+release), with an optional change that breaks it in one known way.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def variant(work: Path, label: str, change: Callable[[Path], object] | None = None) -> Path:
+    """A copy of the sample app in work/label, its page marked with the label."""
+    src = work / label
+    shutil.copytree(ROOT / "app", src, ignore=shutil.ignore_patterns("__pycache__", "tests", "instance"))
+    index = src / "hello" / "templates" / "index.html"
+    index.write_text(index.read_text().replace("Hello from flaskstack", f"Hello from flaskstack {label}"))
+    if change:
+        change(src)
+    return src
+
+
+def breaks_import(src: Path) -> None:
+    """The package imports a module that does not exist."""
+    init = src / "hello" / "__init__.py"
+    init.write_text("import flaskstack_no_such_module  # noqa\n" + init.read_text())
+
+
+def breaks_health(src: Path) -> None:
+    """/healthz answers 503 whatever the database says."""
+    init = src / "hello" / "__init__.py"
+    init.write_text(init.read_text().replace("200 if healthy else 503", "503"))
+
+
+def adds_requirement(requirement: str) -> Callable[[Path], None]:
+    """A change that adds a line to requirements.txt."""
+
+    def change(src: Path) -> None:
+        with (src / "requirements.txt").open("a") as requirements:
+            requirements.write(requirement + "\n")
+
+    return change

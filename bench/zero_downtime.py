@@ -1,0 +1,222 @@
+"""Zero-downtime benchmark: constant HTTP load through nginx while releases change.
+
+Run it with `make bench` (which first runs `make demo`): the load goes to the demo
+target's nginx on 127.0.0.1:8080 only, from a few client threads that each send
+requests at a fixed pace on keep-alive connections, and it is bounded (at most
+MAX_SECONDS per scenario, at most MAX_REQUESTS in all). For each scenario it
+prints requests sent, failed (a non-2xx answer or a connection error),
+p50/p99/max latency, the command's wall time and exit code, and which release
+serves afterwards:
+
+  (d) a config change applied by ansible-playbook (gunicorn's max_requests)
+  (a) fab deploy of a good release
+  (b) fab deploy of a release that fails to import        -> must exit non-zero
+  (c) fab deploy of a release whose health check fails    -> must exit non-zero
+  (f) a full ansible-playbook site.yml run: the inventory's release back, settings back
+  (e) fab rollback to the previous release (the one from (a))
+
+Target: 0 failed requests in every scenario, and after (b) and (c) the release
+that served before still serves. The script exits 1 if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appvariants import breaks_health, breaks_import, variant
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".venv" / "bin"
+HOST, PORT = "127.0.0.1", 8080
+MAX_SECONDS = 180
+MAX_REQUESTS = 200_000
+
+
+@dataclass
+class Load:
+    """Client threads sending GET requests at a fixed pace until stopped."""
+
+    clients: int
+    rate: float  # requests per second per client
+    path: str = "/"
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    sent: int = 0
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
+
+    def start(self) -> Load:
+        self.deadline = time.monotonic() + MAX_SECONDS
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _client(self) -> None:
+        conn = None
+        interval = 1.0 / self.rate
+        next_at = time.monotonic()
+        while not self._stop.is_set() and time.monotonic() < self.deadline:
+            with self._lock:
+                if self.sent >= MAX_REQUESTS:
+                    return
+                self.sent += 1
+            start = time.monotonic()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(HOST, PORT, timeout=30)
+                conn.request("GET", self.path, headers={"Host": "localhost"})
+                response = conn.getresponse()
+                response.read()
+                if not 200 <= response.status < 300:
+                    self._fail(f"HTTP {response.status}")
+                if response.will_close:
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                self._fail(f"{type(exc).__name__}: {exc}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+            with self._lock:
+                self.latencies.append(time.monotonic() - start)
+            next_at += interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def _fail(self, what: str) -> None:
+        with self._lock:
+            self.failures.append(what)
+
+
+def live_release() -> str:
+    conn = http.client.HTTPConnection(HOST, PORT, timeout=10)
+    conn.request("GET", "/healthz", headers={"Host": "localhost"})
+    return json.loads(conn.getresponse().read())["release"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return (
+        statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
+        if len(values) > 1
+        else 0.0
+    )
+
+
+def scenario(name: str, argv: list[str], load_args: dict, expect_ok: bool, settle: float) -> dict:
+    before = live_release()
+    load = Load(**load_args).start()
+    time.sleep(settle)
+    started = time.monotonic()
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=MAX_SECONDS, check=False)
+    took = time.monotonic() - started
+    time.sleep(settle)
+    load.stop()
+    after = live_release()
+    output = (result.stdout + result.stderr).strip().splitlines()
+    reason = next((line for line in output if "does not" in line or "health check through" in line), "")
+    row = {
+        "scenario": name,
+        "sent": load.sent,
+        "failed": len(load.failures),
+        "p50_ms": percentile(load.latencies, 0.50) * 1000,
+        "p99_ms": percentile(load.latencies, 0.99) * 1000,
+        "max_ms": max(load.latencies, default=0) * 1000,
+        "wall_s": took,
+        "exit": result.returncode,
+        "before": before,
+        "after": after,
+        "reason": reason.strip()[:150],
+        "failures": sorted(set(load.failures))[:5],
+    }
+    ok = row["failed"] == 0 and (result.returncode == 0) == expect_ok
+    if not expect_ok:
+        ok = ok and after == before
+    row["ok"] = ok
+    if result.returncode != 0 and expect_ok:
+        print("\n".join(output[-30:]), file=sys.stderr)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=4, help="client threads (default 4)")
+    parser.add_argument(
+        "--rate", type=float, default=25.0, help="requests per second per client (default 25)"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=2.0, help="seconds of load before and after each command"
+    )
+    args = parser.parse_args()
+    load_args = {"clients": args.clients, "rate": args.rate}
+    fab, playbook = str(BIN / "fab"), str(BIN / "ansible-playbook")
+    env_note = (
+        f"{os.cpu_count()} CPUs; load: {args.clients} clients x {args.rate:g} req/s on keep-alive, GET /"
+    )
+    print(f"flaskstack zero-downtime benchmark ({env_note})", flush=True)
+
+    # Start from the inventory's own release, with the inventory's settings.
+    subprocess.run([playbook, "site.yml", "-i", "inventory/local"], cwd=ROOT, check=True, capture_output=True)
+    stamp = time.strftime("%H%M%S")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="flaskstack-bench-") as tmp:
+        work = Path(tmp)
+        # (d) first, so that it changes the settings only (the inventory's release is live);
+        # (f) after (a)-(c), so that it switches the release back and restores the settings.
+        deploy = [fab, "deploy", "--app", "hello", "--src"]
+        plan = [
+            ("(d) ansible-playbook, config change", [playbook, "site.yml", "-i", "inventory/local",
+                                                     "-e", "appserver_max_requests=5000"], True),
+            ("(a) fab deploy, good release", [*deploy, str(variant(work, f"good-{stamp}"))], True),
+            ("(b) fab deploy, release fails to import",
+             [*deploy, str(variant(work, f"noimport-{stamp}", breaks_import))], False),
+            ("(c) fab deploy, health check fails",
+             [*deploy, str(variant(work, f"unhealthy-{stamp}", breaks_health))], False),
+            ("(f) ansible-playbook site.yml, full deploy",
+             [playbook, "site.yml", "-i", "inventory/local"], True),
+            ("(e) fab rollback", [fab, "rollback"], True),
+        ]  # fmt: skip
+        for name, argv, expect_ok in plan:
+            print(f"-- {name} ...", flush=True)
+            rows.append(scenario(name, argv, load_args, expect_ok, args.settle))
+    # Leave the demo as `make demo` leaves it.
+    subprocess.run([playbook, "site.yml", "-i", "inventory/local"], cwd=ROOT, check=True, capture_output=True)
+
+    print()
+    columns = ("sent", "failed", "p50 ms", "p99 ms", "max ms", "wall s")
+    header = f"{'scenario':<44} " + " ".join(f"{c:>7}" for c in columns) + " exit"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['scenario']:<44} {r['sent']:>7} {r['failed']:>7} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
+            f"{r['max_ms']:>7.1f} {r['wall_s']:>7.2f} {r['exit']:>4}  {'ok' if r['ok'] else 'MISSED'}"
+        )
+    print()
+    for r in rows:
+        serving = "unchanged" if r["after"] == r["before"] else f"{r['before']} -> {r['after']}"
+        extra = f"; reason: {r['reason']}" if r["exit"] else ""
+        errors = f"; errors: {r['failures']}" if r["failures"] else ""
+        print(f"{r['scenario']}: serving {serving}{extra}{errors}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
