@@ -145,6 +145,14 @@ CASES = {
         {"flaskstack_apps": [app(server="uwsgi", worker_class="gevent")]},
         r"flaskstack_apps\[0\]\.worker_class \(hello\) is \"gevent\", which flaskstack runs under gunicorn",
     ),
+    "migrate_once that is not a boolean": (
+        {"flaskstack_apps": [app(migrate_once="sometimes")]},
+        r"migrate_once.*sometimes|sometimes.*migrate_once",
+    ),
+    "keeping no release": (
+        {"flaskstack_apps": [app()], "app_keep_releases": 0},
+        r"app_keep_releases is 0: keep at least 1 release",
+    ),
     "unknown worker class": (
         {"flaskstack_apps": [app(worker_class="eventlet")]},
         r"worker_class.*eventlet|eventlet.*worker_class",

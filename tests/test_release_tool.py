@@ -340,3 +340,18 @@ def test_status_and_info_describe_the_host(host):
     info = json.loads(host.tool("info").stdout)
     assert info["apps"]["site"] == {"live": first, "releases": [first], "wheelhouses": [WHEELHOUSE]}
     assert info["python"] == "{}.{}".format(*sys.version_info[:2])
+
+
+def test_a_shared_database_is_migrated_once_then_every_host_skips_it(host):
+    """migrate_once: `migrate` on the first host, then `activate --skip-migrate` everywhere."""
+    log = host.home / "shared" / "migrations.log"
+    host.write_settings(migrate_command=f"echo migrated >> {log}")
+    release = host.release("one")
+    migrated = host.tool("migrate", "site", release)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "  migrate  ok" in migrated.stdout
+    assert host.live() is None  # migrating switches nothing
+    activated = host.tool("activate", "site", release, "--skip-migrate")
+    assert activated.returncode == 0, activated.stderr
+    assert "  migrate" not in activated.stdout
+    assert log.read_text() == "migrated\n"

@@ -1,0 +1,126 @@
+"""`fab deploy` to two hosts at once: the demo target and a second container like it.
+
+The second host is made by the demo's own playbook (playbooks/local_target.yml)
+with another name and ports (SSH 127.0.0.1:2223, HTTP 127.0.0.1:8081), both are
+provisioned by `ansible-playbook site.yml` from one inventory, and then `fab
+deploy` and `fab rollback` act on both in parallel: same release id on both,
+each serving it through its own nginx. The second container is removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.appvariants import breaks_import, variant
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+HOSTS = {"demo": (2222, 8080), "demo2": (2223, 8081)}
+
+pytestmark = pytest.mark.target
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
+    result.output = result.stdout + result.stderr
+    return result
+
+
+def health(http_port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def inventory(tmp_path_factory):
+    demo = run("make", "demo")
+    assert demo.returncode == 0, demo.output[-3000:]
+    second = run(
+        str(BIN / "ansible-playbook"), "playbooks/local_target.yml", "--tags", "target",
+        "-e", "local_target_container=flaskstack-demo2",
+        "-e", f"local_target_ssh_port={HOSTS['demo2'][0]}",
+        "-e", f"local_target_http_port={HOSTS['demo2'][1]}",
+    )  # fmt: skip
+    assert second.returncode == 0, second.output[-3000:]
+    folder = tmp_path_factory.mktemp("two-hosts")
+    ssh = ROOT / ".demo" / "ssh"
+    common = f"-o UserKnownHostsFile={ssh / 'known_hosts'} -o StrictHostKeyChecking=accept-new"
+    hosts = {
+        name: {
+            "ansible_host": "127.0.0.1",
+            "ansible_port": ssh_port,
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(ssh / "id_ed25519"),
+            "ansible_ssh_common_args": common,
+        }
+        for name, (ssh_port, _) in HOSTS.items()
+    }
+    (folder / "group_vars").mkdir()
+    (folder / "hosts.yml").write_text(yaml.safe_dump({"flaskstack": {"hosts": hosts}}))
+    # The demo's own app settings, with its paths made absolute for this folder.
+    group_vars = (ROOT / "inventory" / "local" / "group_vars" / "flaskstack.yml").read_text()
+    (folder / "group_vars" / "flaskstack.yml").write_text(
+        group_vars.replace("{{ inventory_dir }}/../..", str(ROOT))
+    )
+    provision = run(str(BIN / "ansible-playbook"), "site.yml", "-i", str(folder))
+    assert provision.returncode == 0, provision.output[-3000:]
+    yield str(folder)
+    subprocess.run(["docker", "rm", "-f", "flaskstack-demo2"], capture_output=True, check=False)
+    back = run(str(BIN / "fab"), "deploy")
+    assert back.returncode == 0, back.output
+
+
+def test_fab_deploys_one_release_to_both_hosts_in_parallel(inventory, tmp_path):
+    result = run(
+        str(BIN / "fab"), "deploy", "-i", inventory, "--app", "hello", "--src", str(variant(tmp_path, "both"))
+    )
+    assert result.returncode == 0, result.output
+    released = re.search(r"== package: \S+  hello ([0-9a-f]{12})", result.stdout).group(1)
+    for name, (_, http_port) in HOSTS.items():
+        assert f"[{name}] hello: ACTIVATED {released}" in result.stdout
+        assert health(http_port)["release"] == released
+    # One phase for both: a single "activate" line, for the two hosts together.
+    assert result.stdout.count("== activate:") == 1
+
+    back = run(str(BIN / "fab"), "rollback", "-i", inventory)
+    assert back.returncode == 0, back.output
+    releases = {health(http_port)["release"] for _, http_port in HOSTS.values()}
+    assert len(releases) == 1 and released not in releases
+
+
+def test_a_release_that_fails_on_every_host_leaves_both_serving(inventory, tmp_path):
+    before = {name: health(port)["release"] for name, (_, port) in HOSTS.items()}
+    src = variant(tmp_path, "broken-both", breaks_import)
+    result = run(str(BIN / "fab"), "deploy", "-i", inventory, "--app", "hello", "--src", str(src))
+    assert result.returncode == 1
+    for name in HOSTS:
+        assert f"[{name}] FAILED" in result.stdout
+    assert {name: health(port)["release"] for name, (_, port) in HOSTS.items()} == before
+
+
+def test_one_unreachable_host_stops_the_deploy_before_any_host_switches(inventory, tmp_path):
+    hosts_file = Path(inventory) / "hosts.yml"
+    hosts = yaml.safe_load(hosts_file.read_text())
+    broken = Path(inventory).parent / "one-gone"
+    (broken / "group_vars").mkdir(parents=True)
+    (broken / "group_vars" / "flaskstack.yml").write_text(
+        (Path(inventory) / "group_vars" / "flaskstack.yml").read_text()
+    )
+    hosts["flaskstack"]["hosts"]["demo2"]["ansible_port"] = 2299
+    (broken / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    before = health(HOSTS["demo"][1])["release"]
+    result = run(
+        str(BIN / "fab"), "deploy", "-i", str(broken), "--app", "hello", "--src", str(variant(tmp_path, "x"))
+    )
+    assert result.returncode == 1
+    assert "demo2 (127.0.0.1:2299) is unreachable" in result.output
+    assert "== package" not in result.output
+    assert health(HOSTS["demo"][1])["release"] == before
