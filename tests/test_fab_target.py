@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,9 @@ URL = "http://127.0.0.1:8080"
 FAB = Path(sys.executable).parent / "fab"
 
 pytestmark = pytest.mark.target
+# Release ids are content hashes: a label of this run's own makes every variant a new release,
+# even on a demo target that earlier runs left releases on.
+RUN = uuid.uuid4().hex[:8]
 
 
 def fab(*args: str) -> subprocess.CompletedProcess:
@@ -57,17 +61,17 @@ def demo():
 
 
 def test_deploy_twice_then_roll_back(demo, tmp_path):
-    first = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, "blue")))
+    first = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, f"blue-{RUN}")))
     assert first.returncode == 0, first.output
-    assert page() == "Hello from flaskstack blue"
+    assert page() == f"Hello from flaskstack blue-{RUN}"
     # Every step is printed with its duration.
     for step in ("check", "migrate", "answer", "switch", "restart", "health"):
         assert re.search(rf"\[demo\]\s+{step}\s+ok\s+\d+\.\d\ds", first.stdout), first.stdout
     assert re.search(r"fab deploy: done in \d+\.\d\ds", first.stdout)
 
-    second = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, "green")))
+    second = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, f"green-{RUN}")))
     assert second.returncode == 0, second.output
-    assert page() == "Hello from flaskstack green"
+    assert page() == f"Hello from flaskstack green-{RUN}"
     # Same requirements: the wheelhouse is not sent again and the venv is cloned.
     assert re.search(r"hello: upload code \d", second.stdout), second.stdout
     assert "cloned from" in second.stdout
@@ -78,7 +82,7 @@ def test_deploy_twice_then_roll_back(demo, tmp_path):
 
     back = fab("rollback")
     assert back.returncode == 0, back.output
-    assert page() == "Hello from flaskstack blue"
+    assert page() == f"Hello from flaskstack blue-{RUN}"
     assert re.search(r"fab rollback: done in \d+\.\d\ds", back.stdout)
     status = fab("status")
     assert f"live      {blue[0]}" in status.stdout and "health    GET /healthz -> 200" in status.stdout
@@ -90,7 +94,7 @@ def test_deploy_twice_then_roll_back(demo, tmp_path):
 def test_a_tree_without_the_entry_point_fails_before_the_switch(demo, tmp_path):
     before = page()
     ids = release_ids()
-    src = variant(tmp_path, "no-entry", lambda s: shutil.move(s / "hello", s / "renamed"))
+    src = variant(tmp_path, f"no-entry-{RUN}", lambda s: shutil.move(s / "hello", s / "renamed"))
     result = fab("deploy", "--app", "hello", "--src", str(src))
     assert result.returncode == 1
     assert "does not build its app (hello:create_app())" in result.output
@@ -102,7 +106,7 @@ def test_a_tree_without_the_entry_point_fails_before_the_switch(demo, tmp_path):
 
 def test_a_release_whose_health_check_fails_never_serves(demo, tmp_path):
     before = page()
-    result = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, "sick", breaks_health)))
+    result = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, f"sick-{RUN}", breaks_health)))
     assert result.returncode == 1
     assert "does not answer /healthz before the switch" in result.output
     assert "503" in result.output
@@ -116,7 +120,7 @@ def test_requirements_that_cannot_be_resolved_fail_on_the_control_node(demo, tmp
         "--app",
         "hello",
         "--src",
-        str(variant(tmp_path, "unresolvable", adds_requirement("flaskstack-no-such-package==0.0.1"))),
+        str(variant(tmp_path, f"unresolvable-{RUN}", adds_requirement("flaskstack-no-such-package==0.0.1"))),
     )
     assert result.returncode == 1
     assert "hello: pip cannot get wheels of" in result.output

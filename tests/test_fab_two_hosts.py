@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,9 @@ BIN = Path(sys.executable).parent
 HOSTS = {"demo": (2222, 8080), "demo2": (2223, 8081)}
 
 pytestmark = pytest.mark.target
+# Release ids are content hashes: a label of this run's own makes every variant a new release,
+# even on a demo target that earlier runs left releases on.
+RUN = uuid.uuid4().hex[:8]
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
@@ -80,7 +84,14 @@ def inventory(tmp_path_factory):
 
 def test_fab_deploys_one_release_to_both_hosts_in_parallel(inventory, tmp_path):
     result = run(
-        str(BIN / "fab"), "deploy", "-i", inventory, "--app", "hello", "--src", str(variant(tmp_path, "both"))
+        str(BIN / "fab"),
+        "deploy",
+        "-i",
+        inventory,
+        "--app",
+        "hello",
+        "--src",
+        str(variant(tmp_path, f"both-{RUN}")),
     )
     assert result.returncode == 0, result.output
     released = re.search(r"== package: \S+  hello ([0-9a-f]{12})", result.stdout).group(1)
@@ -98,7 +109,7 @@ def test_fab_deploys_one_release_to_both_hosts_in_parallel(inventory, tmp_path):
 
 def test_a_release_that_fails_on_every_host_leaves_both_serving(inventory, tmp_path):
     before = {name: health(port)["release"] for name, (_, port) in HOSTS.items()}
-    src = variant(tmp_path, "broken-both", breaks_import)
+    src = variant(tmp_path, f"broken-both-{RUN}", breaks_import)
     result = run(str(BIN / "fab"), "deploy", "-i", inventory, "--app", "hello", "--src", str(src))
     assert result.returncode == 1
     for name in HOSTS:
@@ -118,7 +129,14 @@ def test_one_unreachable_host_stops_the_deploy_before_any_host_switches(inventor
     (broken / "hosts.yml").write_text(yaml.safe_dump(hosts))
     before = health(HOSTS["demo"][1])["release"]
     result = run(
-        str(BIN / "fab"), "deploy", "-i", str(broken), "--app", "hello", "--src", str(variant(tmp_path, "x"))
+        str(BIN / "fab"),
+        "deploy",
+        "-i",
+        str(broken),
+        "--app",
+        "hello",
+        "--src",
+        str(variant(tmp_path, f"x-{RUN}")),
     )
     assert result.returncode == 1
     assert "demo2 (127.0.0.1:2299) is unreachable" in result.output
