@@ -72,9 +72,9 @@ def test_deploy_twice_then_roll_back(demo, tmp_path):
     second = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, f"green-{RUN}")))
     assert second.returncode == 0, second.output
     assert page() == f"Hello from flaskstack green-{RUN}"
-    # Same requirements: the wheelhouse is not sent again and the venv is cloned.
+    # Same requirements: the wheelhouse is not sent again and the venv is linked.
     assert re.search(r"hello: upload code \d", second.stdout), second.stdout
-    assert "cloned from" in second.stdout
+    assert "linked from" in second.stdout
 
     listing = fab("releases").stdout
     green, blue = re.findall(r"^\[demo\] ([0-9a-f]{12}) +(live|previous)", listing, re.MULTILINE)

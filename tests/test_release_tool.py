@@ -187,15 +187,26 @@ def test_activating_the_live_release_changes_nothing(host):
     assert len((host.home / "history.jsonl").read_text().splitlines()) == 1
 
 
-def test_a_second_release_clones_the_venv_and_fixes_its_paths(host):
+def test_a_second_release_links_the_venv_and_fixes_its_paths(host):
     first = host.release("one")
     second = host.release("two")
-    venv = host.home / "releases" / second / "venv"
-    script = (venv / "bin" / "tinydep").read_text().splitlines()[0]
-    assert script == f"#!{venv}/bin/python"
-    assert str(host.home / "releases" / first) not in (venv / "pyvenv.cfg").read_text()
-    run = subprocess.run([venv / "bin" / "tinydep"], capture_output=True, text=True, check=True)
-    assert run.stdout.strip() == "tinydep"
+    venvs = [host.home / "releases" / release / "venv" for release in (first, second)]
+    # Each venv's scripts name its own path; the first one's were not touched.
+    for venv in venvs:
+        assert (venv / "bin" / "tinydep").read_text().splitlines()[0] == f"#!{venv}/bin/python"
+    assert str(venvs[0]) not in (venvs[1] / "pyvenv.cfg").read_text()
+    # The packages are the same files (hard links), not copies.
+    module = (
+        Path("lib")
+        / "python{}.{}".format(*sys.version_info[:2])
+        / "site-packages"
+        / "tinydep"
+        / "__init__.py"
+    )
+    assert (venvs[0] / module).stat().st_ino == (venvs[1] / module).stat().st_ino
+    for venv in venvs:
+        run = subprocess.run([venv / "bin" / "tinydep"], capture_output=True, text=True, check=True)
+        assert run.stdout.strip() == "tinydep"
 
 
 def test_a_release_that_does_not_import_never_goes_live(host):
