@@ -42,7 +42,7 @@ bench: demo ## Benchmark: HTTP load through nginx during fab deploys, failed dep
 
 .PHONY: clean
 clean: ## Remove the demo target (container, key, secrets)
-	-docker rm -f flaskstack-demo
+	-docker rm -f flaskstack-demo flaskstack-demo2
 	rm -rf .demo
 
 .PHONY: lint
@@ -53,11 +53,11 @@ lint: venv ## ansible-lint (production profile), yamllint, ruff
 	$(BIN)/ruff format --check .
 
 .PHONY: pytest
-pytest: venv ## pytest: the sample app, release packaging, bad input (no Docker needed)
+pytest: venv ## pytest: the sample app, packaging, flaskstack-release, the fabfile, bad input (no Docker)
 	$(BIN)/pytest -m "not target"
 
 .PHONY: test-target
-test-target: engine ## pytest against the demo target over SSH: `make demo` twice, then HTTP
+test-target: engine ## pytest against the demo target over SSH: make demo twice, fab deploy/rollback
 	$(BIN)/pytest -m target
 
 .PHONY: molecule

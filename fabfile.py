@@ -300,7 +300,14 @@ def git_note(src: Path) -> str:
 
 @task(help={**INVENTORY_HELP, "src": "deploy this source folder instead of the app's src (needs --app)"})
 def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_password_file=""):
-    """Push each app's code to every host; health-gated, switched back by itself on failure."""
+    """Push each app's code to every host; health-gated, switched back by itself on failure.
+
+    Phases, each on every host at once; a failure on any host stops the deploy
+    before the next phase: connect, package (release archive; wheelhouse only if
+    the requirements changed), upload and prepare, migrate once (migrate_once
+    apps, first host), activate (check, init, migrate, answer, switch, restart,
+    health; switched back on failure). Exits 1 with the host, app and reason.
+    """
     started = time.monotonic()
     if src and not app:
         raise Exit("fab: --src needs --app (which app the folder is)", code=2)
