@@ -59,3 +59,25 @@ def run_site(tmp_path):
         )
 
     return run
+
+
+def _make_demo() -> str:
+    """Run `make demo` as a newcomer does; its output."""
+    result = subprocess.run(
+        ["make", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    return output
+
+
+@pytest.fixture(scope="session")
+def make_demo():
+    """`make demo`, to run again (the demo target's own tests run it twice)."""
+    return _make_demo
+
+
+@pytest.fixture(scope="session")
+def demo_target(make_demo) -> str:
+    """The demo target, provisioned by `make demo` once per test session; that run's output."""
+    return make_demo()

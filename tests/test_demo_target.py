@@ -21,15 +21,6 @@ URL = "http://127.0.0.1:8080"
 pytestmark = pytest.mark.target
 
 
-def make_demo() -> str:
-    result = subprocess.run(
-        ["make", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    return output
-
-
 def changed_count(output: str, host: str) -> int:
     counts = re.findall(rf"^{host}\s*:\s*ok=\d+\s+changed=(\d+)", output, re.MULTILINE)
     assert counts, output[-3000:]
@@ -37,8 +28,8 @@ def changed_count(output: str, host: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def demo_runs():
-    return make_demo(), make_demo()
+def demo_runs(demo_target, make_demo):
+    return demo_target, make_demo()
 
 
 def test_make_demo_prints_the_url_and_the_first_response(demo_runs):

@@ -49,11 +49,7 @@ def release_ids() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def demo():
-    result = subprocess.run(
-        ["make", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+def demo(demo_target):
     yield
     # Leave the demo as `make demo` leaves it: the inventory's own app, live.
     back = fab("deploy")

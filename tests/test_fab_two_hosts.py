@@ -44,9 +44,7 @@ def health(http_port: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def inventory(tmp_path_factory):
-    demo = run("make", "demo")
-    assert demo.returncode == 0, demo.output[-3000:]
+def inventory(demo_target, tmp_path_factory):
     second = run(
         str(BIN / "ansible-playbook"), "playbooks/local_target.yml", "--tags", "target",
         "-e", "local_target_container=flaskstack-demo2",
