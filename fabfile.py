@@ -28,7 +28,6 @@ import os
 import shlex
 import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,14 +38,11 @@ from fabric import Connection, task
 from invoke.exceptions import Exit
 from paramiko import RejectPolicy
 
+from flaskstack import model
+from flaskstack.packaging import WheelhouseError, build_release, build_wheelhouse, wheelhouse_archive
+
 ROOT = Path(__file__).resolve().parent
-# The control node's packaging code, shared with the Ansible roles (lookup plugins).
-sys.path.insert(0, str(ROOT / "roles" / "flaskstack" / "lookup_plugins"))
-
-from flaskstack_release import app_packages, build_release  # noqa: E402
-from flaskstack_wheelhouse import WheelhouseError, build_wheelhouse, wheelhouse_archive  # noqa: E402
-
-TOOL = "/usr/local/sbin/flaskstack-release"
+TOOL = model.TOOL
 DEFAULT_INVENTORY = os.environ.get("FLASKSTACK_INVENTORY", str(ROOT / "inventory" / "local"))
 GROUP = "flaskstack"
 
@@ -66,16 +62,6 @@ class DeployError(Exception):
 
 
 @dataclass
-class App:
-    name: str
-    src: Path
-    requirements: str
-    exclude: list[str]
-    packages: list[str]
-    migrate_once: bool
-
-
-@dataclass
 class Host:
     name: str
     address: str
@@ -84,7 +70,10 @@ class Host:
     key_file: str | None
     become: bool
     known_hosts: list[str]
-    apps: list[App]
+    # Present apps, resolved by the app model as the flaskstack role resolves them.
+    apps: list[dict]
+    # What the model checks before a deploy: the inventory's apps (without secrets) and defaults.
+    errors: list[str]
     cache_dir: Path
     platforms: dict[str, list[str]]
     pip_args: list[str]
@@ -98,13 +87,16 @@ _plugins_ready = False
 def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "") -> list[Host]:
     """The hosts of the group `flaskstack`, with their apps and connection settings.
 
-    Variables are templated by Ansible with the flaskstack and python roles'
-    defaults beneath the inventory's, as a play would see them. secret_env is
-    never templated here: a code push does not touch the environment.
+    Variables come from Ansible itself, as a play of the flaskstack role sees them
+    (its defaults beneath the inventory's group_vars, host_vars and vault), and
+    each host's apps from the app model (flaskstack/model.py), as the role
+    resolves them. secret_env and tls_certificate_key are never templated here:
+    a code push does not touch the environment.
     """
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
     from ansible.parsing.vault import get_file_vault_secret
+    from ansible.playbook.play import Play
     from ansible.plugins.loader import init_plugin_loader
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
@@ -123,56 +115,38 @@ def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "
         raise DeployError(f"inventory {inventory} does not exist")
     manager = InventoryManager(loader=loader, sources=[inventory])
     variables = VariableManager(loader=loader, inventory=manager)
-    defaults = {}
-    for role in ("flaskstack", "python"):
-        path = ROOT / "roles" / role / "defaults" / "main.yml"
-        defaults.update(loader.load_from_file(str(path), trusted_as_template=True))
+    play = Play.load(
+        {"hosts": GROUP, "gather_facts": False, "roles": [str(ROOT / "roles" / "flaskstack")]},
+        variable_manager=variables,
+        loader=loader,
+    )
     names = [h.strip() for h in limit.split(",") if h.strip()]
     hosts = []
     for host in manager.get_hosts(GROUP):
         if names and host.name not in names:
             continue
-        hostvars = {**defaults, **variables.get_vars(host=host)}
+        hostvars = variables.get_vars(play=play, host=host)
         templar = Templar(loader=loader, variables=hostvars)
 
         def var(name, default=None, templar=templar, hostvars=hostvars):
             return templar.template(hostvars[name]) if name in hostvars else default
 
-        app_defaults = var("flaskstack_app_defaults")
-        server_packages = var("flaskstack_server_packages")
-        worker_packages = var("flaskstack_worker_packages")
-        apps = []
         raw_apps = hostvars.get("flaskstack_apps", [])
         if not isinstance(raw_apps, list):
             raw_apps = templar.template(raw_apps)
-        for index, raw in enumerate(raw_apps):
-            wanted = (
-                "name",
-                "state",
-                "src",
-                "requirements",
-                "exclude",
-                "server",
-                "worker_class",
-                "migrate_once",
-            )
-            app = {**app_defaults, **{k: templar.template(v) for k, v in raw.items() if k in wanted}}
-            if app["state"] != "present":
-                continue
-            if not app.get("src"):
-                raise DeployError(f"{host.name}: flaskstack_apps[{index}].src ({app['name']}) is required")
-            apps.append(
-                App(
-                    name=app["name"],
-                    src=Path(app["src"]).resolve(),
-                    requirements=app["requirements"],
-                    exclude=list(app["exclude"]),
-                    packages=app_packages(
-                        app["server"], app["worker_class"], server_packages, worker_packages
-                    ),
-                    migrate_once=bool(app["migrate_once"]),
-                )
-            )
+        apps = [
+            {k: templar.template(v) for k, v in raw.items() if k not in model.SECRET_KEYS} for raw in raw_apps
+        ]
+        defaults = var("flaskstack_app_defaults")
+        layout = model.Layout(var("flaskstack_root"), var("flaskstack_config_dir"), var("flaskstack_run_dir"))
+        resolved = model.resolve(
+            apps,
+            defaults,
+            layout,
+            server_packages=var("flaskstack_server_packages"),
+            worker_packages=var("flaskstack_worker_packages", {}),
+            base_dir=str(var("inventory_dir", inventory)),
+        )
         common_args = " ".join(str(var(k, "")) for k in ("ansible_ssh_common_args", "ansible_ssh_extra_args"))
         known_hosts = [
             arg.split("=", 1)[1] for arg in shlex.split(common_args) if arg.startswith("UserKnownHostsFile=")
@@ -186,10 +160,13 @@ def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "
                 key_file=var("ansible_ssh_private_key_file"),
                 become=bool(var("ansible_become", False)),
                 known_hosts=known_hosts or [str(Path.home() / ".ssh" / "known_hosts")],
-                apps=apps,
+                apps=[a for a in resolved if a["state"] == "present"],
+                errors=model.app_errors(
+                    apps, defaults, base_dir=str(var("inventory_dir", inventory)), secrets=False
+                ),
                 cache_dir=Path(var("flaskstack_cache_dir")),
-                platforms=var("python_wheel_platforms", {}),
-                pip_args=list(var("python_pip_download_args", [])),
+                platforms=var("flaskstack_wheel_platforms", {}),
+                pip_args=list(var("flaskstack_pip_download_args", [])),
             )
         )
     if not hosts:
@@ -257,18 +234,23 @@ def on_every_host(hosts: list[Host], work, title: str) -> list[str]:
     return errors
 
 
-def selected(host: Host, app: str) -> list[App]:
-    apps = [a for a in host.apps if not app or a.name == app]
+def selected(host: Host, app: str) -> list[dict]:
+    apps = [a for a in host.apps if not app or a["name"] == app]
     if app and not apps:
         raise DeployError(f"{host.name}: no present app named {app} in the inventory")
     return apps
 
 
-def open_hosts(inventory: str, limit: str, vault_password_file: str, app: str = "") -> list[Host]:
+def open_hosts(
+    inventory: str, limit: str, vault_password_file: str, app: str = "", check: bool = False
+) -> list[Host]:
+    """The hosts, connected and asked what they have; with check, the app model's checks first."""
     try:
         hosts = load_inventory(inventory, limit, vault_password_file)
         for host in hosts:
             selected(host, app)
+            if check and host.errors:
+                raise DeployError(f"{host.name}: " + "\n".join(host.errors))
     except DeployError as exc:
         raise Exit(f"fab: {exc}", code=2) from None
 
@@ -276,9 +258,10 @@ def open_hosts(inventory: str, limit: str, vault_password_file: str, app: str = 
         host.connection = connect(host)
         host.info = json.loads(remote(host, [TOOL, "info"], f"{TOOL} info (is the host provisioned?)"))
         for a in selected(host, app):
-            if a.name not in host.info["apps"]:
+            if a["name"] not in host.info["apps"]:
                 raise DeployError(
-                    f"{host.name}: app {a.name} is not provisioned there: run ansible-playbook site.yml first"
+                    f"{host.name}: app {a['name']} is not provisioned there: "
+                    "run ansible-playbook site.yml first"
                 )
 
     errors = on_every_host(hosts, open_one, "connect")
@@ -311,7 +294,7 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
     started = time.monotonic()
     if src and not app:
         raise Exit("fab: --src needs --app (which app the folder is)", code=2)
-    hosts = open_hosts(inventory, limit, vault_password_file, app)
+    hosts = open_hosts(inventory, limit, vault_password_file, app, check=True)
     who = f"fab deploy by {getpass.getuser()}@{socket.gethostname()}"
 
     # Package on this machine, once per app and target Python: the release id is a
@@ -321,18 +304,18 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
     for host in hosts:
         python, arch = host.info["python"], host.info["architecture"]
         for a in selected(host, app):
-            folder = Path(src).resolve() if src else a.src
-            if not (folder / a.requirements).is_file():
-                raise Exit(f"fab: {a.name}: {folder / a.requirements} does not exist", code=2)
+            folder = Path(src).resolve() if src else Path(a["src"]).resolve()
+            if not (folder / a["requirements"]).is_file():
+                raise Exit(f"fab: {a['name']}: {folder / a['requirements']} does not exist", code=2)
             try:
-                release = build_release(folder, a.name, a.exclude, a.packages, host.cache_dir)
+                release = build_release(folder, a["name"], a["exclude"], a["server_packages"], host.cache_dir)
                 key, wheels = build_wheelhouse(
-                    a.name, folder / a.requirements, a.packages, python, arch,
+                    a["name"], folder / a["requirements"], a["server_packages"], python, arch,
                     host.platforms.get(arch, []), host.pip_args, host.cache_dir,
                 )  # fmt: skip
             except (OSError, WheelhouseError) as exc:
-                raise Exit(f"fab: packaging {a.name} for {host.name} failed: {exc}", code=1) from None
-            plan[host.name, a.name] = {
+                raise Exit(f"fab: packaging {a['name']} for {host.name} failed: {exc}", code=1) from None
+            plan[host.name, a["name"]] = {
                 "release": release,
                 "key": key,
                 "wheels": wheels,
@@ -343,25 +326,26 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
 
     def prepare(host: Host) -> None:
         for a in selected(host, app):
-            p = plan[host.name, a.name]
-            have = host.info["apps"][a.name]
+            p = plan[host.name, a["name"]]
+            have = host.info["apps"][a["name"]]
             if p["release"].id in have["releases"]:
-                say(host.name, f"{a.name}: release {p['release'].id} is on the host already")
+                say(host.name, f"{a['name']}: release {p['release'].id} is on the host already")
                 continue
             t = time.monotonic()
             incoming = remote(host, ["mktemp", "-d", "-t", "flaskstack-upload.XXXXXX"], "mktemp").strip()
             archive = f"{incoming}/{p['release'].id}.tar.gz"
             host.connection.put(p["release"].archive, archive)
-            argv = [TOOL, "prepare", a.name, p["release"].id, "--archive", archive, "--wheelhouse", p["key"]]
+            argv = [TOOL, "prepare", a["name"], p["release"].id, "--archive", archive]
+            argv += ["--wheelhouse", p["key"]]
             sent = "code"
             if p["key"] not in have["wheelhouses"]:
                 wheels = f"{incoming}/{p['key']}.tar"
                 host.connection.put(str(wheelhouse_archive(p["wheels"])), wheels)
                 argv += ["--wheelhouse-archive", wheels]
                 sent = "code and wheelhouse"
-            say(host.name, f"{a.name}: upload {sent} {time.monotonic() - t:.2f}s")
+            say(host.name, f"{a['name']}: upload {sent} {time.monotonic() - t:.2f}s")
             try:
-                say(host.name, remote(host, [*argv, "--remove-archive"], f"{a.name}: prepare"))
+                say(host.name, remote(host, [*argv, "--remove-archive"], f"{a['name']}: prepare"))
             finally:
                 remote(host, ["rm", "-rf", incoming], "clean up", check=False)
 
@@ -372,19 +356,19 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
     # A database the hosts share is migrated once, from the first host, before any switch.
     first = hosts[0]
     for a in selected(first, app):
-        rid = plan[first.name, a.name]["release"].id
-        if a.migrate_once and first.info["apps"][a.name]["live"] != rid:
+        rid = plan[first.name, a["name"]]["release"].id
+        if a["migrate_once"] and first.info["apps"][a["name"]]["live"] != rid:
             try:
-                say(first.name, remote(first, [TOOL, "migrate", a.name, rid], f"{a.name}: migrate"))
+                say(first.name, remote(first, [TOOL, "migrate", a["name"], rid], f"{a['name']}: migrate"))
             except DeployError as exc:
                 raise Exit(f"fab deploy: {exc}\nstopped before any switch", code=1) from None
 
     def activate(host: Host) -> None:
         for a in selected(host, app):
-            p = plan[host.name, a.name]
-            argv = [TOOL, "activate", a.name, p["release"].id, "--note", p["note"]]
-            say(host.name, f"{a.name}: activate {p['release'].id}")
-            say(host.name, remote(host, argv + (["--skip-migrate"] if a.migrate_once else []), a.name))
+            p = plan[host.name, a["name"]]
+            argv = [TOOL, "activate", a["name"], p["release"].id, "--note", p["note"]]
+            say(host.name, f"{a['name']}: activate {p['release'].id}")
+            say(host.name, remote(host, argv + (["--skip-migrate"] if a["migrate_once"] else []), a["name"]))
 
     errors = on_every_host(hosts, activate, "activate")
     took = time.monotonic() - started
@@ -404,9 +388,9 @@ def rollback(c, inventory=DEFAULT_INVENTORY, app="", limit="", release="", vault
 
     def back(host: Host) -> None:
         for a in selected(host, app):
-            argv = [TOOL, "rollback", a.name, *([release] if release else []), "--note", note]
-            say(host.name, f"{a.name}: rollback")
-            say(host.name, remote(host, argv, f"{a.name}: rollback"))
+            argv = [TOOL, "rollback", a["name"], *([release] if release else []), "--note", note]
+            say(host.name, f"{a['name']}: rollback")
+            say(host.name, remote(host, argv, f"{a['name']}: rollback"))
 
     errors = on_every_host(hosts, back, "rollback")
     took = time.monotonic() - started
@@ -421,7 +405,7 @@ def releases(c, inventory=DEFAULT_INVENTORY, app="", limit="", vault_password_fi
     hosts = open_hosts(inventory, limit, vault_password_file, app)
     for host in hosts:
         for a in selected(host, app):
-            say(host.name, f"{a.name}:\n" + remote(host, [TOOL, "releases", a.name], "releases"))
+            say(host.name, f"{a['name']}:\n" + remote(host, [TOOL, "releases", a["name"]], "releases"))
 
 
 @task(help=INVENTORY_HELP)
@@ -430,7 +414,7 @@ def status(c, inventory=DEFAULT_INVENTORY, app="", limit="", vault_password_file
     hosts = open_hosts(inventory, limit, vault_password_file, app)
     for host in hosts:
         for a in selected(host, app):
-            say(host.name, remote(host, [TOOL, "status", a.name], "status"))
+            say(host.name, remote(host, [TOOL, "status", a["name"]], "status"))
 
 
 @task(help={**INVENTORY_HELP, "lines": "how many journal lines per app (default 50)"})
@@ -442,11 +426,11 @@ def logs(c, inventory=DEFAULT_INVENTORY, app="", limit="", lines=50, vault_passw
             argv = [
                 "journalctl",
                 "-u",
-                f"{a.name}.service",
+                a["service"],
                 "-n",
                 str(int(lines)),
                 "--no-pager",
                 "-o",
                 "short-iso",
             ]
-            say(host.name, f"{a.name}:\n" + remote(host, argv, "journalctl"))
+            say(host.name, f"{a['name']}:\n" + remote(host, argv, "journalctl"))

@@ -30,10 +30,14 @@ def test_the_demo_inventory_gives_the_demo_host_and_its_app():
     assert Path(host.key_file).resolve() == ROOT / ".demo" / "ssh" / "id_ed25519"
     assert [Path(p).resolve() for p in host.known_hosts] == [ROOT / ".demo" / "ssh" / "known_hosts"]
     (app,) = host.apps
-    assert (app.name, app.src, app.requirements) == ("hello", ROOT / "app", "requirements.txt")
+    assert (app["name"], Path(app["src"]).resolve(), app["requirements"]) == (
+        "hello",
+        ROOT / "app",
+        "requirements.txt",
+    )
     # The role defaults apply beneath the inventory, as in a play: gunicorn is the app server.
-    assert app.packages == ["gunicorn==23.0.0"]
-    assert "tests" in app.exclude
+    assert app["server_packages"] == ["gunicorn==23.0.0"]
+    assert "tests" in app["exclude"]
 
 
 def test_the_example_inventory_gives_two_hosts_through_sudo():
@@ -42,7 +46,7 @@ def test_the_example_inventory_gives_two_hosts_through_sudo():
         ("web1.example.com", "203.0.113.10", "deploy", True),
         ("web2.example.com", "203.0.113.11", "deploy", True),
     ]
-    assert [a.name for a in hosts[0].apps] == ["shop"]
+    assert [a["name"] for a in hosts[0].apps] == ["shop"]
     assert fabfile.load_inventory(str(ROOT / "inventory" / "example"), limit="web2.example.com")[0].name == (
         "web2.example.com"
     )
@@ -62,9 +66,9 @@ def test_host_and_group_vars_change_an_app_per_host(tmp_path):
     apps_b = [{**apps[0], "server": "uwsgi", "worker_class": "gthread"}]
     (inventory / "host_vars" / "b.yml").write_text(yaml.safe_dump({"flaskstack_apps": apps_b}))
     a, b = fabfile.load_inventory(str(inventory))
-    assert [x.name for x in a.apps] == ["one"]
-    assert a.apps[0].packages == ["gunicorn==23.0.0"]
-    assert b.apps[0].packages == ["pyuwsgi==2.0.30.post1"]
+    assert [x["name"] for x in a.apps] == ["one"]
+    assert a.apps[0]["server_packages"] == ["gunicorn==23.0.0"]
+    assert b.apps[0]["server_packages"] == ["pyuwsgi==2.0.30.post1"]
 
 
 def test_fab_list_and_help_explain_every_task():

@@ -1,4 +1,4 @@
-"""The control node's packaging of a release (roles/flaskstack/lookup_plugins)."""
+"""The control node's packaging of a release (flaskstack/packaging.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from flaskstack_release import REVISION_FILE, build_release, release_id, source_files
+from flaskstack.packaging import REVISION_FILE, build_release, release_id, source_files
 
 EXCLUDE = ["__pycache__", "*.pyc", "tests"]
 

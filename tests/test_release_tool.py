@@ -22,10 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from flaskstack_release import build_release
+from flaskstack import model
+from flaskstack.packaging import build_release
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOL = ROOT / "roles" / "app" / "files" / "usr" / "local" / "sbin" / "flaskstack-release"
+# The tool as the host's wrapper runs it (templates/usr/local/sbin/flaskstack-release.j2),
+# with this test's config folder: argv[1] is the folder, the rest the tool's arguments.
+TOOL = "import sys; from flaskstack.release import main; sys.exit(main(sys.argv[2:], config_dir=sys.argv[1]))"
 WHEELHOUSE = "cp311-x86_64-test"
 
 # The app's code: a factory whose health answer comes from a file of the release,
@@ -65,17 +68,16 @@ class Host:
         self.config_dir = tmp / "etc"
         self.home = tmp / "srv" / "site"
         self.socket = tmp / "site.sock"
+        # The layout of an app "site" as the app model derives it.
+        layout = model.Layout(root=str(tmp / "srv"), config_dir=str(self.config_dir), run_dir=str(tmp))
+        paths = model.paths({"name": "site", "server_names": ["site.test"]}, layout)
+        assert (paths["home"], paths["socket"]) == (str(self.home), str(self.socket))
         self.settings = {
             "name": "site",
+            **{k: paths[k] for k in ("home", "releases_dir", "current", "shared_dir")},
+            **{k: paths[k] for k in ("wheelhouse_dir", "history_file", "lock_file", "env_file", "socket")},
             "user": os.environ.get("USER", "root"),
             "group": "unused",
-            "home": str(self.home),
-            "releases_dir": str(self.home / "releases"),
-            "current": str(self.home / "current"),
-            "shared_dir": str(self.home / "shared"),
-            "wheelhouse_dir": str(self.home / "wheelhouse"),
-            "env_file": str(tmp / "etc" / "site" / "app.env"),
-            "socket": str(self.socket),
             "service": "site.service",
             "restart_command": ["true"],
             "server": "uwsgi",  # the generic import path: module, then factory()
@@ -104,7 +106,7 @@ class Host:
 
     def tool(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, str(TOOL), "--config-dir", str(self.config_dir), *args],
+            [sys.executable, "-c", TOOL, str(self.config_dir), *args], cwd=ROOT,
             capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
 

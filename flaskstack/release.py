@@ -4,7 +4,12 @@
 The one on-host implementation of a flaskstack deploy: `ansible-playbook`
 (roles/app) and `fab deploy` (fabfile.py) both call it, so both deploy, check,
 switch and roll back the same way. It reads each app's settings from
-/etc/flaskstack/<app>/release.json, which the app role writes.
+<config dir>/<app>/release.json, which the app role writes.
+
+On a host this module is /usr/local/lib/flaskstack/flaskstack_release.py, run
+by /usr/local/sbin/flaskstack-release (templates/usr/local/sbin/flaskstack-release.j2),
+which names the config folder (flaskstack_config_dir): no argument can point
+the tool elsewhere.
 
     flaskstack-release info
     flaskstack-release prepare  APP ID --archive FILE --wheelhouse KEY [--wheelhouse-archive FILE]
@@ -52,7 +57,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-CONFIG_DIR = Path(os.environ.get("FLASKSTACK_CONFIG_DIR", "/etc/flaskstack"))
 REVISION = "REVISION"
 VENV_MARKER = ".flaskstack-complete"
 INIT_MARKER = ".flaskstack-init-done"
@@ -113,7 +117,7 @@ class ReleaseError(Exception):
 class App:
     """One app's settings (release.json) and the paths derived from them."""
 
-    def __init__(self, name: str, config_dir: Path = CONFIG_DIR):
+    def __init__(self, name: str, config_dir: Path):
         path = config_dir / name / "release.json"
         try:
             self.cfg = json.loads(path.read_text())
@@ -123,13 +127,14 @@ class App:
                 "(run `ansible-playbook site.yml` first)"
             ) from None
         self.name = name
-        # The layout comes from the flaskstack role (resolve.yml), written here by the app role.
+        # The layout comes from the app model (flaskstack/model.py), written here by the app role.
         self.home = Path(self.cfg["home"])
         self.releases_dir = Path(self.cfg["releases_dir"])
         self.current = Path(self.cfg["current"])
         self.shared_dir = Path(self.cfg["shared_dir"])
         self.wheelhouse_dir = Path(self.cfg["wheelhouse_dir"])
-        self.history_file = self.home / "history.jsonl"
+        self.history_file = Path(self.cfg["history_file"])
+        self.lock_file = Path(self.cfg["lock_file"])
         self.user = self.cfg["user"]
         # "systemd": commands run as the app user through systemd-run, with the
         # app's env file exactly as the service reads it. "none": as the calling
@@ -204,7 +209,7 @@ class App:
     def lock(self, wait: float = 120):
         """One deploy per app at a time on a host."""
         self.home.mkdir(parents=True, exist_ok=True)
-        with (self.home / ".flaskstack-release.lock").open("w") as handle:
+        with self.lock_file.open("w") as handle:
             deadline = time.monotonic() + wait
             while True:
                 try:
@@ -681,7 +686,6 @@ def cmd_status(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flaskstack-release", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="where <app>/release.json live")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="this host's Python, architecture and apps, as JSON").set_defaults(
         func=cmd_info
@@ -724,8 +728,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, config_dir: str = "/etc/flaskstack") -> int:
+    """Run one command; config_dir is where <app>/release.json live (the wrapper names it)."""
     args = parser().parse_args(argv)
+    args.config_dir = Path(config_dir)
     try:
         return args.func(args)
     except ReleaseError as exc:

@@ -1,0 +1,333 @@
+"""The app model: an inventory's apps, checked, merged with their defaults, and laid out.
+
+Both drivers of a deploy read apps through this module: Ansible (the flaskstack
+role's lookup ``flaskstack_apps`` and filter ``flaskstack_app_errors``) and
+``fab deploy`` (fabfile.py). Each derived fact (a path, a unit name, the health
+check's Host) is computed here and nowhere else.
+
+Ansible's argument specs check types and choices first; :func:`app_errors` checks
+what a spec cannot say (a name's shape, unique names and host names, the source
+tree on the control node, values that would break a rendered file). Messages
+name the variable exactly (``flaskstack_apps[1].name``) and never a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+# Where the on-host tool lives. The module (flaskstack/release.py, standard
+# library only) is copied to TOOL_MODULE; TOOL is a small wrapper rendered from
+# templates/usr/local/sbin/flaskstack-release.j2 that names the config folder.
+TOOL = "/usr/local/sbin/flaskstack-release"
+TOOL_MODULE = "/usr/local/lib/flaskstack/flaskstack_release.py"
+
+# The keys an app never carries into a fact, a template variable or -v output:
+# only the task that writes them reads them, from flaskstack_apps.
+SECRET_KEYS = ("secret_env", "tls_certificate_key")
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+# module:callable, or module:factory(args), as gunicorn and uWSGI take it.
+ENTRY_POINT_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\(.*\))?$"
+)
+# A host name (labels of letters, digits and '-'), an optional leading '*.',
+# an IPv4 address, or '_' (nginx's catch-all).
+SERVER_NAME_RE = re.compile(
+    r"^(_|(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)$"
+)
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+STATIC_URL_RE = re.compile(r"^/([^\s;{}]*/)?$")
+STATIC_DIR_RE = re.compile(r"^[^/\s;{}][^\s;{}]*$")
+HEALTH_PATH_RE = re.compile(r"^/\S*$")
+HEADER_BAD_RE = re.compile(r'["\n{}]')
+PEM_CERT = "-----BEGIN CERTIFICATE-----"
+PEM_KEY_RE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where flaskstack keeps things on a host: flaskstack_root, _config_dir, _run_dir."""
+
+    root: str = "/srv"
+    config_dir: str = "/etc/flaskstack"
+    run_dir: str = "/run/flaskstack"
+
+    def host(self) -> dict:
+        """The host-wide paths the roles use (the fact flaskstack_host)."""
+        return {
+            "root": self.root,
+            "config_dir": self.config_dir,
+            "run_dir": self.run_dir,
+            "tool": TOOL,
+            "tool_module": TOOL_MODULE,
+            # On the control node: the module that becomes tool_module.
+            "tool_source": str(Path(__file__).with_name("release.py")),
+        }
+
+
+def merge(defaults: dict, app: dict) -> dict:
+    """An app with the defaults beneath its own keys."""
+    return {**defaults, **app}
+
+
+def _present(app: dict) -> bool:
+    return app.get("state", "present") == "present"
+
+
+def _is_port(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+def _json(value) -> str:
+    """A value as the messages show it (as JSON)."""
+    return json.dumps(value)
+
+
+def app_errors(
+    apps: list, defaults: dict, keep_releases=None, base_dir: str | None = None, secrets: bool = True
+) -> list[str]:
+    """Every problem of the inventory's apps that an argument spec cannot express.
+
+    One message per problem found, first problem of each app only, each naming
+    its variable. An empty list means the apps can be deployed. secrets=False:
+    the apps come without their secret values (fab deploy reads none), so the
+    checks of those values are left to ansible-playbook.
+    """
+    errors: list[str] = []
+    for i, raw in enumerate(apps):
+        name = raw.get("name")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            errors.append(
+                f"flaskstack_apps[{i}].name is {_json(str(name))}: use 1 to 31 lower-case letters, digits, "
+                "'-' or '_', starting with a letter (it becomes a system user and systemd unit name)."
+            )
+    if errors:
+        return errors
+    counts = Counter(app["name"] for app in apps)
+    duplicates = [name for name, n in counts.items() if n > 1]
+    if duplicates:
+        return [f"flaskstack_apps has duplicate names: {', '.join(duplicates)}."]
+
+    claims: Counter = Counter()
+    for i, raw in enumerate(apps):
+        app = merge(defaults, raw)
+        for problem in _headers(raw) + _server_worker(app):
+            errors.append(f"flaskstack_apps[{i}]{problem}")
+        if not _present(app):
+            continue
+        certificate = _certificate(app) if secrets else ""
+        problem = _settings(app) or _source(app) or certificate or _snippets(app, base_dir)
+        if problem:
+            errors.append(f"flaskstack_apps[{i}].{problem}")
+        for host in app.get("server_names") or []:
+            claims[f"{host}:{app.get('http_port')}"] += 1
+    shared = [claim for claim, n in claims.items() if n > 1]
+    if shared:
+        errors.append(f"flaskstack_apps: more than one present app answers for {', '.join(shared)}.")
+    if keep_releases is not None and not _at_least_one(keep_releases):
+        errors.append(
+            f"app_keep_releases is {keep_releases}: keep at least 1 release (the live one and the "
+            "previous one always stay besides)."
+        )
+    return errors
+
+
+def _at_least_one(value) -> bool:
+    try:
+        return int(value) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
+def _settings(app: dict) -> str:
+    """The first problem of a present app's own settings, as 'key (name) ...', or ''."""
+    n = app["name"]
+    src, entry = app.get("src"), app.get("entry_point")
+    names = app.get("server_names") or []
+    if not isinstance(src, str) or not src:
+        return f"src ({n}) is required: the app's source directory on the control node."
+    if not isinstance(entry, str) or not ENTRY_POINT_RE.match(entry):
+        shown = _json(str(entry) if entry is not None else "missing")
+        return (
+            f"entry_point ({n}) is {shown}: use module:callable, "
+            'for example "hello:app" or "hello:create_app()".'
+        )
+    if not names:
+        return f"server_names ({n}) is required: the host names nginx answers for."
+    bad = [h for h in names if not isinstance(h, str) or not SERVER_NAME_RE.match(h)]
+    if bad:
+        return f"server_names ({n}) has malformed names: {_json(bad)}."
+    for key in ("http_port", "https_port"):
+        if not _is_port(app.get(key)):
+            return f"{key} ({n}) is {_json(app.get(key))}: use a port from 1 to 65535."
+    if app.get("tls") != "off" and app["https_port"] == app["http_port"]:
+        return f"https_port ({n}) is the same as its http_port ({app['http_port']})."
+    if not STATIC_URL_RE.match(str(app.get("static_url"))):
+        return f"static_url ({n}) is {_json(app.get('static_url'))}: it must start and end with '/'."
+    static_dir = str(app.get("static_dir"))
+    if not STATIC_DIR_RE.match(static_dir) or ".." in static_dir.split("/"):
+        return f"static_dir ({n}) is {_json(static_dir)}: use a folder relative to src, without '..'."
+    if not HEALTH_PATH_RE.match(str(app.get("health_path"))):
+        return f"health_path ({n}) is {_json(app.get('health_path'))}: it must start with '/'."
+    keys = list(app.get("env") or {}) + list(app.get("secret_env") or {})
+    bad = [k for k in keys if not ENV_KEY_RE.match(str(k))]
+    if bad:
+        return f"env or .secret_env ({n}) has keys that are not environment variable names: {_json(bad)}."
+    return ""
+
+
+def _source(app: dict) -> str:
+    """The first problem of a present app's source tree on the control node, or ''."""
+    n = app["name"]
+    src = Path(app["src"]).resolve()
+    if not src.is_dir():
+        return f"src ({n}): {src} is not a directory on the control node."
+    if not (src / app["requirements"]).is_file():
+        return f"requirements ({n}): {src}/{app['requirements']} does not exist."
+    module = app["entry_point"].split(":")[0]
+    path = module.replace(".", "/")
+    if not (src / f"{path}.py").is_file() and not (src / path / "__init__.py").is_file():
+        return (
+            f"entry_point ({n}): module {_json(module)} is not in {src} (no {path}.py or {path}/__init__.py)."
+        )
+    return ""
+
+
+def _certificate(app: dict) -> str:
+    """What a present app with `tls: provided` lacks, or ''. Never shows the key."""
+    if app.get("tls") != "provided":
+        return ""
+    cert, key = app.get("tls_certificate"), app.get("tls_certificate_key")
+    problem = (
+        "tls_certificate is missing" if cert is None
+        else "tls_certificate is not PEM" if PEM_CERT not in str(cert)
+        else "tls_certificate_key is missing" if key is None
+        else "tls_certificate_key is not a PEM private key" if not PEM_KEY_RE.search(str(key))
+        else ""
+    )  # fmt: skip
+    if not problem:
+        return ""
+    return (
+        f"{problem} ({app['name']}): tls: provided needs tls_certificate (a PEM certificate chain) "
+        "and tls_certificate_key (a PEM private key)."
+    )
+
+
+def snippet_file(src: str, base_dir: str | None) -> Path:
+    """An nginx snippet's template file: relative paths start at the inventory's folder."""
+    return Path(base_dir or ".", src).resolve()
+
+
+def _snippets(app: dict, base_dir: str | None) -> str:
+    """The first malformed entry of a present app's nginx_snippets, or ''."""
+    for j, snippet in enumerate(app.get("nginx_snippets") or []):
+        where = f"nginx_snippets[{j}]"
+        if not isinstance(snippet, dict) or ("content" in snippet) == ("src" in snippet):
+            return (
+                f"{where} ({app['name']}): give either content (nginx directives) or src "
+                "(a template file, relative to the inventory's folder)."
+            )
+        if "src" in snippet and not snippet_file(snippet["src"], base_dir).is_file():
+            return f"{where}.src ({app['name']}): {snippet_file(snippet['src'], base_dir)} does not exist."
+    return ""
+
+
+def _headers(raw: dict) -> list[str]:
+    values = [str(raw.get("referrer_policy", "")), str(raw.get("content_security_policy", ""))]
+    if any(HEADER_BAD_RE.search(v) for v in values):
+        return [
+            f" ({raw['name']}): referrer_policy and content_security_policy may not contain "
+            "'\"', '{', '}' or a line break (they become nginx header values)."
+        ]
+    return []
+
+
+def _server_worker(app: dict) -> list[str]:
+    if app.get("server") == "uwsgi" and app.get("worker_class") == "gevent":
+        return [
+            f'.worker_class ({app["name"]}) is "gevent", which flaskstack runs under gunicorn only: '
+            "use worker_class sync or gthread with server uwsgi."
+        ]
+    return []
+
+
+def resolve(
+    apps: list,
+    defaults: dict,
+    layout: Layout,
+    *,
+    server_packages: dict,
+    worker_packages: dict,
+    health_host: str = "",
+    base_dir: str | None = None,
+) -> list[dict]:
+    """Each app with its defaults merged in and every path and name the roles use.
+
+    Secrets (secret_env, tls_certificate_key) are left out: only the tasks that
+    write them read them, from flaskstack_apps; secret_env_keys names them.
+    nginx_snippets' src become absolute paths (relative ones start at base_dir,
+    the inventory's folder).
+    """
+    resolved = []
+    for raw in apps:
+        app = {k: v for k, v in merge(defaults, raw).items() if k not in SECRET_KEYS}
+        app["secret_env_keys"] = list(raw.get("secret_env") or {})
+        app["nginx_snippets"] = [
+            {"src": str(snippet_file(s["src"], base_dir))} if "src" in s else dict(s)
+            for s in app.get("nginx_snippets") or []
+        ]
+        app["server_packages"] = app_packages(app, server_packages, worker_packages)
+        app.update(paths(app, layout, health_host))
+        resolved.append(app)
+    return resolved
+
+
+def app_packages(app: dict, server_packages: dict, worker_packages: dict) -> list[str]:
+    """What a release's venv gets beside the app's requirements: its app server and worker library."""
+    return [str(p) for p in server_packages.get(app.get("server"), [])] + [
+        str(p) for p in worker_packages.get(app.get("worker_class"), [])
+    ]
+
+
+def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
+    """The names and paths of one app on a host."""
+    name = app["name"]
+    home = f"{layout.root}/{name}"
+    config = f"{layout.config_dir}/{name}"
+    names = app.get("server_names") or [name]
+    tls = app.get("tls", "off")
+    # certbot keeps its certificates in its own folder; the other modes in the app's.
+    tls_dir = f"/etc/letsencrypt/live/{name}" if tls == "acme" else f"{config}/tls"
+    return {
+        "user": name,
+        "group": name,
+        "home": home,
+        "releases_dir": f"{home}/releases",
+        "current": f"{home}/current",
+        "shared_dir": f"{home}/shared",
+        "data_dir": f"{home}/shared/data",
+        "wheelhouse_dir": f"{home}/wheelhouse",
+        "upload_dir": f"{home}/incoming",
+        "history_file": f"{home}/history.jsonl",
+        "lock_file": f"{home}/.flaskstack-release.lock",
+        "config_dir": config,
+        "env_file": f"{config}/app.env",
+        "release_settings": f"{config}/release.json",
+        "tls_dir": f"{config}/tls",
+        "tls_certificate_file": f"{tls_dir}/fullchain.pem",
+        "tls_certificate_key_file": f"{tls_dir}/privkey.pem",
+        "socket": f"{layout.run_dir}/{name}.sock",
+        "socket_unit": f"{name}.socket",
+        "service": f"{name}.service",
+        "health_host": health_host or names[0],
+    }
+
+
+def release_paths(app: dict, release_id: str) -> dict:
+    """Where one release of an app lives."""
+    release_dir = f"{app['releases_dir']}/{release_id}"
+    return {"release_id": release_id, "release_dir": release_dir, "venv": f"{release_dir}/venv"}

@@ -1,0 +1,175 @@
+"""Packaging on the control node: a release archive and a wheelhouse per app.
+
+Release: the id is a content hash. The same source (and the same app server
+packages) always gives the same id, so a second ``ansible-playbook`` run finds
+the release already on the host and changes nothing, and every host of one
+deploy gets the same id. The archive holds the source plus a ``REVISION`` file
+(the id, as Capistrano writes it), written last so that its presence on the host
+means the whole archive was unpacked.
+
+Wheelhouse: targets never reach PyPI. The control node downloads binary wheels
+for the target (``pip download --only-binary=:all: --python-version --platform``)
+and ships them. A wheelhouse is named by the target's Python, its architecture
+and a hash of what gets installed, so it is built once and reused by every host
+and every deploy until the requirements change.
+
+Ansible (the flaskstack role's lookups) and ``fab deploy`` both call these.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REVISION_FILE = "REVISION"
+
+
+@dataclass(frozen=True)
+class Release:
+    id: str
+    archive: str
+
+
+def source_files(src: Path, exclude: list[str]) -> list[Path]:
+    """The files of a release, relative to ``src``, sorted; excluded names never entered."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not _excluded(d, exclude))
+        for name in sorted(files):
+            if name == REVISION_FILE or _excluded(name, exclude):
+                continue
+            path = Path(root, name)
+            if path.is_file():
+                found.append(path.relative_to(src))
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def _excluded(name: str, exclude: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)
+
+
+def release_id(src: Path, exclude: list[str], extra: list[str]) -> str:
+    """A 12-hex-digit content hash of the source tree and the extra strings."""
+    digest = hashlib.sha256()
+    for rel in source_files(src, exclude):
+        path = src / rel
+        executable = os.access(path, os.X_OK)
+        digest.update(f"{rel.as_posix()}\0{int(executable)}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for item in extra:
+        digest.update(f"extra\0{item}\0".encode())
+    return digest.hexdigest()[:12]
+
+
+def build_release(src: Path, name: str, exclude: list[str], extra: list[str], cache_dir: Path) -> Release:
+    """Return the release for ``src``, writing its archive unless it is already cached."""
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} is not a directory")
+    rid = release_id(src, exclude, extra)
+    archive = cache_dir / "releases" / f"{name}-{rid}.tar.gz"
+    if not archive.exists():
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        partial = archive.with_suffix(f".partial-{os.getpid()}")
+        with tarfile.open(partial, "w:gz") as tar:
+            for rel in source_files(src, exclude):
+                tar.add(src / rel, arcname=rel.as_posix(), filter=_normalise)
+            data = f"{rid}\n".encode()
+            info = tarfile.TarInfo(REVISION_FILE)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        partial.replace(archive)
+    return Release(id=rid, archive=str(archive))
+
+
+def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Files belong to root in the archive; the host decides ownership."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode = 0o755 if info.mode & 0o111 else 0o644
+    return info
+
+
+# The wheelhouse's copies of what to install; the last one written marks it complete.
+REQUIREMENTS = "requirements.txt"
+SERVER_REQUIREMENTS = "server-requirements.txt"
+
+
+class WheelhouseError(Exception):
+    """pip could not find wheels for the target: the message carries pip's reason."""
+
+
+def wheelhouse_key(requirements: bytes, packages: list[str], python: str, architecture: str) -> str:
+    digest = hashlib.sha256(requirements + b"\0" + "\n".join(packages).encode()).hexdigest()[:12]
+    return f"cp{python.replace('.', '')}-{architecture}-{digest}"
+
+
+def build_wheelhouse(
+    name: str,
+    requirements: Path,
+    packages: list[str],
+    python: str,
+    architecture: str,
+    platforms: list[str],
+    pip_args: list[str],
+    cache_dir: Path,
+) -> tuple[str, Path]:
+    """Return (key, folder) of the app's wheelhouse, downloading it unless it is complete."""
+    try:
+        content = requirements.read_bytes()
+    except OSError as exc:
+        raise WheelhouseError(f"{name}: cannot read {requirements}: {exc.strerror}") from None
+    key = wheelhouse_key(content, packages, python, architecture)
+    folder = cache_dir / "wheelhouse" / name / key
+    if (folder / SERVER_REQUIREMENTS).is_file():
+        return key, folder
+    partial = folder.with_name(f"{key}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        (partial / REQUIREMENTS).write_bytes(content)
+        (partial / "packages.txt").write_text("".join(f"{p}\n" for p in packages))
+        argv = [
+            sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
+            "--only-binary=:all:", "--implementation", "cp", "--python-version", python,
+            *[arg for tag in platforms for arg in ("--platform", tag)],
+            "--dest", str(partial), *pip_args,
+            "-r", str(partial / REQUIREMENTS), "-r", str(partial / "packages.txt"),
+        ]  # fmt: skip
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            reason = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
+            raise WheelhouseError(
+                f"{name}: pip cannot get wheels of {requirements} for CPython {python} on "
+                f"{architecture}:\n{reason}"
+            )
+        (partial / "packages.txt").rename(partial / SERVER_REQUIREMENTS)
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete one
+        try:
+            partial.rename(folder)
+        except OSError:
+            # Another process (a second host of the same run) finished it first.
+            if not (folder / SERVER_REQUIREMENTS).is_file():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return key, folder
+
+
+def wheelhouse_archive(folder: Path) -> Path:
+    """The wheelhouse as one uncompressed tar (wheels are compressed already), made once."""
+    archive = folder.with_name(folder.name + ".tar")
+    if not archive.exists():
+        partial = archive.with_name(f"{archive.name}.partial-{os.getpid()}")
+        with tarfile.open(partial, "w") as tar:
+            for path in sorted(folder.iterdir()):
+                tar.add(path, arcname=path.name)
+        partial.replace(archive)
+    return archive

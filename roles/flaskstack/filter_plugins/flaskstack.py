@@ -1,0 +1,31 @@
+"""The app model's filters (flaskstack/model.py and flaskstack/templates.py; this is their Ansible face)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+try:
+    from flaskstack import model, templates
+except ImportError:  # ansible-playbook from elsewhere: the package lies beside roles/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    from flaskstack import model, templates
+
+
+def app_errors(apps, defaults, keep_releases=None, base_dir=None):
+    """Every problem of flaskstack_apps that an argument spec cannot express, one message each."""
+    return model.app_errors(list(apps), dict(defaults), keep_releases=keep_releases, base_dir=base_dir)
+
+
+def host(root, config_dir, run_dir):
+    """The host-wide paths (flaskstack_host)."""
+    return model.Layout(root=root, config_dir=config_dir, run_dir=run_dir).host()
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "flaskstack_app_errors": app_errors,
+            "flaskstack_host": host,
+            "flaskstack_template_origin": templates.origin,
+        }
