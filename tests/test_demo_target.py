@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.targets import on_target
+
 ROOT = Path(__file__).resolve().parent.parent
 URL = "http://127.0.0.1:8080"
 
@@ -106,3 +108,34 @@ def test_a_broken_nginx_setting_never_goes_live(demo_runs):
     assert after == before
     with urllib.request.urlopen(URL + "/healthz", timeout=10) as response:
         assert response.status == 200
+
+
+def test_every_rendered_file_names_its_template(demo_runs):
+    """A file found on the server leads to its template in one step: the header names it."""
+    # Only the header lines: app.env holds a secret below its header.
+    found = on_target(
+        "grep -rH -m1 'Managed by flaskstack' /etc /usr/local /srv 2>/dev/null || true"
+    ).stdout.splitlines()
+    headers = dict(line.split(":", 1) for line in found)
+    expected = {
+        "/etc/nginx/nginx.conf": "templates/etc/nginx/nginx.conf.j2",
+        "/etc/nginx/sites-available/_default.conf": "templates/etc/nginx/sites-available/_default.conf.j2",
+        "/etc/nginx/sites-available/hello.conf": "templates/etc/nginx/sites-available/app.conf.j2",
+        "/etc/systemd/system/hello.socket": "templates/etc/systemd/system/app.socket.j2",
+        "/etc/systemd/system/hello.service": "templates/etc/systemd/system/app.service.j2",
+        "/etc/flaskstack/hello/app.env": "templates/etc/flaskstack/app/app.env.j2",
+        "/etc/flaskstack/hello/gunicorn.conf.py": "templates/etc/flaskstack/app/gunicorn.conf.py.j2",
+        "/etc/flaskstack/hello/release.json": "templates/etc/flaskstack/app/release.json.j2",
+        "/usr/local/sbin/flaskstack-nginx-check": "templates/usr/local/sbin/flaskstack-nginx-check.j2",
+        "/usr/local/sbin/flaskstack-release": "templates/usr/local/sbin/flaskstack-release.j2",
+    }
+    for path, template in expected.items():
+        assert path in headers, f"{path} has no flaskstack header: {sorted(headers)}"
+        assert f"from {template}:" in headers[path], headers[path]
+    for path, header in headers.items():
+        named = re.search(r"from (\S+?):? local changes", header)
+        assert named, f"{path}: {header}"
+        assert (ROOT / named.group(1).rstrip(":")).is_file(), f"{path} names {named.group(1)}"
+    # The release tool's code is the checkout's module, copied as it is.
+    module = on_target("cat /usr/local/lib/flaskstack/flaskstack_release.py").stdout
+    assert module == (ROOT / "flaskstack" / "release.py").read_text()

@@ -1,0 +1,149 @@
+"""A host laid out differently, on a third test target: flaskstack_config_dir set to
+another folder, an inventory's own template overriding flaskstack's, and nginx
+snippets in an app's site. Provisioned by site.yml, then `fab deploy` and
+`fab rollback` through the tool that knows the folder, and HTTPS served with the
+certificate kept there. The target is removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.appvariants import variant
+from tests.targets import SSH, on_target
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+CONTAINER, SSH_PORT, HTTP_PORT = "flaskstack-demo3", 2224, 8082
+CONFIG_DIR = "/etc/webapps"
+SITE = "etc/nginx/sites-available/app.conf.j2"
+
+pytestmark = pytest.mark.target
+RUN = uuid.uuid4().hex[:8]
+
+# A page fetched inside the target over HTTPS (the target publishes no 443 here).
+HTTPS_GET = (
+    "python3 -c 'import ssl, sys, urllib.request; ctx = ssl._create_unverified_context(); "
+    'r = urllib.request.urlopen("https://localhost" + sys.argv[1], context=ctx); '
+    'print(r.status, r.headers.get("X-Inventory-Template")); print(r.read().decode())\' '
+)
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
+    result.output = result.stdout + result.stderr
+    return result
+
+
+def https(path: str) -> tuple[str, str]:
+    """(status and the override's header, body) of GET https://localhost<path> on the target."""
+    out = on_target(HTTPS_GET + path, port=SSH_PORT).stdout
+    first, _, body = out.partition("\n")
+    return first, body
+
+
+@pytest.fixture(scope="module")
+def inventory(demo_target, tmp_path_factory):
+    started = run(
+        str(BIN / "ansible-playbook"), "playbooks/local_target.yml", "--tags", "target",
+        "-e", f"local_target_container={CONTAINER}",
+        "-e", f"local_target_ssh_port={SSH_PORT}", "-e", f"local_target_http_port={HTTP_PORT}",
+    )  # fmt: skip
+    assert started.returncode == 0, started.output[-3000:]
+    folder = tmp_path_factory.mktemp("layout")
+    host = {
+        "ansible_host": "127.0.0.1",
+        "ansible_port": SSH_PORT,
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(SSH / "id_ed25519"),
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={SSH / 'known_hosts'} "
+        "-o StrictHostKeyChecking=accept-new",
+    }
+    (folder / "hosts.yml").write_text(yaml.safe_dump({"flaskstack": {"hosts": {"demo3": host}}}))
+    app = {
+        "name": "hello",
+        "src": str(ROOT / "app"),
+        "entry_point": "hello:create_app()",
+        "server_names": ["localhost"],
+        "static_dir": "hello/static",
+        "migrate_command": "flask --app hello db upgrade",
+        "tls": "self-signed",
+        "env": {"FLASK_INSTANCE_PATH": "/srv/hello/shared/data"},
+        "nginx_snippets": [
+            {"content": 'location = /snippet-inline {\n    return 200 "inline snippet\\n";\n}'},
+            {"src": "snippets/hello.conf.j2"},
+        ],
+    }
+    (folder / "group_vars").mkdir()
+    (folder / "group_vars" / "flaskstack.yml").write_text(
+        yaml.safe_dump({"flaskstack_config_dir": CONFIG_DIR, "flaskstack_apps": [app]})
+    )
+    (folder / "snippets").mkdir()
+    (folder / "snippets" / "hello.conf.j2").write_text(
+        'location = /snippet-file {\n    return 200 "{{ app.name }} from a file\\n";\n}\n'
+    )
+    # The inventory's own copy of the site template, with one more header.
+    override = folder / "templates" / SITE
+    override.parent.mkdir(parents=True)
+    site = (ROOT / "templates" / SITE).read_text()
+    marker = '    add_header X-Content-Type-Options "nosniff" always;\n'
+    assert marker in site
+    override.write_text(site.replace(marker, marker + '    add_header X-Inventory-Template "yes" always;\n'))
+    provision = run(str(BIN / "ansible-playbook"), "site.yml", "-i", str(folder))
+    assert provision.returncode == 0, provision.output[-3000:]
+    yield folder
+    subprocess.run(["docker", "rm", "-f", CONTAINER], capture_output=True, check=False)
+
+
+def test_the_override_and_the_snippets_take_effect(inventory):
+    status, body = https("/snippet-inline")
+    assert (status, body.strip()) == ("200 yes", "inline snippet")
+    status, body = https("/snippet-file")
+    assert (status, body.strip()) == ("200 yes", "hello from a file")
+    status, _ = https("/healthz")
+    assert status == "200 yes"
+    header = on_target("grep -m1 'Managed by' /etc/nginx/sites-available/hello.conf", port=SSH_PORT).stdout
+    assert f"from {inventory / 'templates' / SITE} (overrides templates/{SITE})" in header
+    site = on_target("cat /etc/nginx/sites-available/hello.conf", port=SSH_PORT).stdout
+    assert f"# nginx_snippets[1] from {inventory / 'snippets' / 'hello.conf.j2'}" in site
+
+
+def test_everything_lives_in_the_configured_folder(inventory):
+    listing = on_target(
+        f"ls {CONFIG_DIR}/hello {CONFIG_DIR}/hello/tls; ls -d /etc/flaskstack", port=SSH_PORT, check=False
+    )
+    for name in ("app.env", "gunicorn.conf.py", "release.json", "fullchain.pem", "privkey.pem"):
+        assert re.search(rf"^{re.escape(name)}$", listing.stdout, re.MULTILINE), listing.stdout
+    assert "No such file or directory" in listing.stderr  # nothing in the default folder
+    # nginx serves the certificate kept there.
+    served = on_target(
+        "python3 -c 'import ssl; print(ssl.get_server_certificate((\"localhost\", 443)))'", port=SSH_PORT
+    ).stdout
+    kept = on_target(f"cat {CONFIG_DIR}/hello/tls/fullchain.pem", port=SSH_PORT).stdout
+    assert served.split() == kept.split()
+    status = on_target("flaskstack-release status hello", port=SSH_PORT).stdout
+    assert re.search(r"^health\s+GET /healthz -> 200", status, re.MULTILINE), status
+
+
+def test_fab_deploys_and_rolls_back_there(inventory, tmp_path):
+    def release() -> str:
+        return json.loads(https("/healthz")[1])["release"]
+
+    before = release()
+    deployed = run(str(BIN / "fab"), "deploy", "--inventory", str(inventory), "--app", "hello",
+                   "--src", str(variant(tmp_path, f"layout-{RUN}")))  # fmt: skip
+    assert deployed.returncode == 0, deployed.output
+    assert f"Hello from flaskstack layout-{RUN}" in https("/")[1]
+    assert release() != before
+    back = run(str(BIN / "fab"), "rollback", "--inventory", str(inventory))
+    assert back.returncode == 0, back.output
+    assert release() == before
+    assert f"layout-{RUN}" not in https("/")[1]

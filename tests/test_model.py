@@ -1,0 +1,110 @@
+"""The app model (flaskstack/model.py) and the template layout, without a host."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from flaskstack import model, templates
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = {
+    "name": "shop",
+    "src": str(ROOT / "app"),
+    "entry_point": "hello:create_app()",
+    "server_names": ["s.test"],
+}
+DEFAULTS = {
+    "state": "present",
+    "server": "gunicorn",
+    "worker_class": "gevent",
+    "tls": "off",
+    "nginx_snippets": [],
+}
+PACKAGES = {"server_packages": {"gunicorn": ["gunicorn==1"]}, "worker_packages": {"gevent": ["gevent==2"]}}
+
+
+def test_every_path_follows_the_layout_settings():
+    layout = model.Layout(root="/data/apps", config_dir="/etc/webapps", run_dir="/run/web")
+    (app,) = model.resolve(
+        [{**APP, "tls": "self-signed", "secret_env": {"K": "v"}}], DEFAULTS, layout, **PACKAGES
+    )
+    assert app["home"] == "/data/apps/shop"
+    assert app["current"] == "/data/apps/shop/current"
+    assert app["env_file"] == "/etc/webapps/shop/app.env"
+    assert app["release_settings"] == "/etc/webapps/shop/release.json"
+    assert app["tls_certificate_file"] == "/etc/webapps/shop/tls/fullchain.pem"
+    assert app["socket"] == "/run/web/shop.sock"
+    assert app["health_host"] == "s.test"
+    assert app["server_packages"] == ["gunicorn==1", "gevent==2"]
+    # Secrets never enter the resolved app; their names do.
+    assert "secret_env" not in app and app["secret_env_keys"] == ["K"]
+    assert layout.host()["config_dir"] == "/etc/webapps"
+
+
+def test_acme_certificates_stay_where_certbot_keeps_them():
+    (app,) = model.resolve([{**APP, "tls": "acme"}], DEFAULTS, model.Layout(), **PACKAGES)
+    assert app["tls_certificate_key_file"] == "/etc/letsencrypt/live/shop/privkey.pem"
+
+
+@pytest.mark.parametrize(
+    "snippet, message",
+    [
+        ({"content": "x", "src": "y"}, r"nginx_snippets\[0\] \(shop\): give either content"),
+        ({}, r"nginx_snippets\[0\] \(shop\): give either content"),
+        ({"src": "missing.conf.j2"}, r"nginx_snippets\[0\]\.src \(shop\): .*missing.conf.j2 does not exist"),
+    ],
+)
+def test_a_malformed_snippet_is_named(snippet, message, tmp_path):
+    errors = model.app_errors(
+        [{**APP, "nginx_snippets": [snippet]}], {**DEFAULTS, **_ports()}, base_dir=tmp_path
+    )
+    assert len(errors) == 1 and re.search(message, errors[0]), errors
+
+
+def test_a_snippet_file_is_found_from_the_inventory(tmp_path):
+    (tmp_path / "extra.conf.j2").write_text("# extra\n")
+    app = {**APP, "nginx_snippets": [{"src": "extra.conf.j2"}]}
+    assert model.app_errors([app], {**DEFAULTS, **_ports()}, base_dir=str(tmp_path)) == []
+    (resolved,) = model.resolve([app], DEFAULTS, model.Layout(), base_dir=str(tmp_path), **PACKAGES)
+    assert resolved["nginx_snippets"] == [{"src": str(tmp_path / "extra.conf.j2")}]
+
+
+def _ports() -> dict:
+    return {
+        "requirements": "requirements.txt",
+        "http_port": 80,
+        "https_port": 443,
+        "static_url": "/static/",
+        "static_dir": "static",
+        "health_path": "/healthz",
+        "worker_class": "sync",
+    }
+
+
+def test_an_inventory_template_wins_and_says_what_it_overrides(tmp_path):
+    ours = templates.find("etc/nginx/nginx.conf.j2", str(tmp_path))
+    assert ours == ROOT / "templates" / "etc" / "nginx" / "nginx.conf.j2"
+    assert templates.origin(str(ours)) == "templates/etc/nginx/nginx.conf.j2"
+    override = tmp_path / "templates" / "etc" / "nginx" / "nginx.conf.j2"
+    override.parent.mkdir(parents=True)
+    override.write_text("# mine\n")
+    assert templates.find("etc/nginx/nginx.conf.j2", str(tmp_path)) == override
+    assert templates.origin(str(override)) == f"{override} (overrides templates/etc/nginx/nginx.conf.j2)"
+    with pytest.raises(templates.TemplateError):
+        templates.find("etc/nothing.j2", str(tmp_path))
+
+
+def test_roles_hold_no_template_and_every_template_is_used():
+    assert list((ROOT / "roles").rglob("*.j2")) == []
+    named = set()
+    for tasks in (ROOT / "roles").rglob("*.yml"):
+        named |= set(re.findall(r"flaskstack_template', '([^']+\.j2)'", tasks.read_text()))
+    # The app server's settings file is named by a variable: one per server.
+    named |= {"etc/flaskstack/app/gunicorn.conf.py.j2", "etc/flaskstack/app/uwsgi.ini.j2"}
+    shipped = {p.relative_to(ROOT / "templates").as_posix() for p in (ROOT / "templates").rglob("*.j2")}
+    assert named == shipped
+    listed = (ROOT / "templates" / "README.md").read_text()
+    assert all(f"`{name}`" in listed for name in shipped)
