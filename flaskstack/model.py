@@ -218,8 +218,8 @@ def _certificate(app: dict) -> str:
 
 
 def snippet_file(src: str, base_dir: str | None) -> Path:
-    """An nginx snippet's template file: relative paths start at the inventory's folder."""
-    return Path(base_dir or ".", src).resolve()
+    """An nginx snippet's template file: relative paths start at the inventory's templates/ folder."""
+    return Path(base_dir or ".", "templates", src).resolve()
 
 
 def _snippets(app: dict, base_dir: str | None) -> str:
@@ -229,7 +229,7 @@ def _snippets(app: dict, base_dir: str | None) -> str:
         if not isinstance(snippet, dict) or ("content" in snippet) == ("src" in snippet):
             return (
                 f"{where} ({app['name']}): give either content (nginx directives) or src "
-                "(a template file, relative to the inventory's folder)."
+                "(a template file in the inventory's templates/ folder)."
             )
         if "src" in snippet and not snippet_file(snippet["src"], base_dir).is_file():
             return f"{where}.src ({app['name']}): {snippet_file(snippet['src'], base_dir)} does not exist."
@@ -269,8 +269,8 @@ def resolve(
 
     Secrets (secret_env, tls_certificate_key) are left out: only the tasks that
     write them read them, from flaskstack_apps; secret_env_keys names them.
-    nginx_snippets' src become absolute paths (relative ones start at base_dir,
-    the inventory's folder).
+    nginx_snippets' src become absolute paths (relative ones start at the
+    templates/ folder of base_dir, the inventory's folder).
     """
     resolved = []
     for raw in apps:

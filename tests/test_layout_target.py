@@ -77,22 +77,23 @@ def inventory(demo_target, tmp_path_factory):
         "migrate_command": "flask --app hello db upgrade",
         "tls": "self-signed",
         "env": {"FLASK_INSTANCE_PATH": "/srv/hello/shared/data"},
+        "secret_env": {"FLASK_SECRET_KEY": uuid.uuid4().hex},
         "nginx_snippets": [
             {"content": 'location = /snippet-inline {\n    return 200 "inline snippet\\n";\n}'},
-            {"src": "snippets/hello.conf.j2"},
+            {"src": "snippets/hello.conf.j2"},  # in the inventory's templates/ folder
         ],
     }
     (folder / "group_vars").mkdir()
     (folder / "group_vars" / "flaskstack.yml").write_text(
         yaml.safe_dump({"flaskstack_config_dir": CONFIG_DIR, "flaskstack_apps": [app]})
     )
-    (folder / "snippets").mkdir()
-    (folder / "snippets" / "hello.conf.j2").write_text(
+    (folder / "templates" / "snippets").mkdir(parents=True)
+    (folder / "templates" / "snippets" / "hello.conf.j2").write_text(
         'location = /snippet-file {\n    return 200 "{{ app.name }} from a file\\n";\n}\n'
     )
     # The inventory's own copy of the site template, with one more header.
     override = folder / "templates" / SITE
-    override.parent.mkdir(parents=True)
+    override.parent.mkdir(parents=True, exist_ok=True)
     site = (ROOT / "templates" / SITE).read_text()
     marker = '    add_header X-Content-Type-Options "nosniff" always;\n'
     assert marker in site
@@ -113,7 +114,7 @@ def test_the_override_and_the_snippets_take_effect(inventory):
     header = on_target("grep -m1 'Managed by' /etc/nginx/sites-available/hello.conf", port=SSH_PORT).stdout
     assert f"from {inventory / 'templates' / SITE} (overrides templates/{SITE})" in header
     site = on_target("cat /etc/nginx/sites-available/hello.conf", port=SSH_PORT).stdout
-    assert f"# nginx_snippets[1] from {inventory / 'snippets' / 'hello.conf.j2'}" in site
+    assert f"# nginx_snippets[1] from {inventory / 'templates' / 'snippets' / 'hello.conf.j2'}" in site
 
 
 def test_everything_lives_in_the_configured_folder(inventory):

@@ -65,11 +65,12 @@ def test_a_malformed_snippet_is_named(snippet, message, tmp_path):
 
 
 def test_a_snippet_file_is_found_from_the_inventory(tmp_path):
-    (tmp_path / "extra.conf.j2").write_text("# extra\n")
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "extra.conf.j2").write_text("# extra\n")
     app = {**APP, "nginx_snippets": [{"src": "extra.conf.j2"}]}
     assert model.app_errors([app], {**DEFAULTS, **_ports()}, base_dir=str(tmp_path)) == []
     (resolved,) = model.resolve([app], DEFAULTS, model.Layout(), base_dir=str(tmp_path), **PACKAGES)
-    assert resolved["nginx_snippets"] == [{"src": str(tmp_path / "extra.conf.j2")}]
+    assert resolved["nginx_snippets"] == [{"src": str(tmp_path / "templates" / "extra.conf.j2")}]
 
 
 def _ports() -> dict:
@@ -89,7 +90,7 @@ def test_an_inventory_template_wins_and_says_what_it_overrides(tmp_path):
     assert ours == ROOT / "templates" / "etc" / "nginx" / "nginx.conf.j2"
     assert templates.origin(str(ours)) == "templates/etc/nginx/nginx.conf.j2"
     override = tmp_path / "templates" / "etc" / "nginx" / "nginx.conf.j2"
-    override.parent.mkdir(parents=True)
+    override.parent.mkdir(parents=True, exist_ok=True)
     override.write_text("# mine\n")
     assert templates.find("etc/nginx/nginx.conf.j2", str(tmp_path)) == override
     assert templates.origin(str(override)) == f"{override} (overrides templates/etc/nginx/nginx.conf.j2)"
