@@ -115,3 +115,24 @@ def test_bad_arguments_are_named(args, message):
     result = fab("deploy", *args)
     assert result.returncode == 2
     assert message in result.stdout + result.stderr
+
+
+def test_fab_deploy_checks_the_apps_as_ansible_does(tmp_path):
+    """The app model's checks, the same ones site.yml makes, stop fab deploy before any connection."""
+    inventory = tmp_path / "inv"
+    (inventory / "group_vars").mkdir(parents=True)
+    hosts = {"flaskstack": {"hosts": {"gone": {"ansible_host": "127.0.0.1", "ansible_port": 1}}}}
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    app = {
+        "name": "hello",
+        "src": str(ROOT / "app"),
+        "entry_point": "hello:create_app()",
+        "server_names": ["x"],
+        "http_port": 70000,
+        "secret_env": {"FLASK_SECRET_KEY": "{{ vault_not_given }}"},
+    }
+    (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump({"flaskstack_apps": [app]}))
+    result = fab("deploy", "--inventory", str(inventory))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "flaskstack_apps[0].http_port (hello) is 70000: use a port from 1 to 65535" in result.stderr
+    assert "unreachable" not in result.stdout + result.stderr
