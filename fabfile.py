@@ -43,6 +43,13 @@ from flaskstack.packaging import WheelhouseError, build_release, build_wheelhous
 
 ROOT = Path(__file__).resolve().parent
 TOOL = model.TOOL
+# Ansible's settings are the project's (an inventory's templates/ folder is not inventory),
+# wherever fab is started from, unless the caller names others.
+os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
+# The app keys a code push reads; the others (env, TLS, nginx settings, secrets) are never
+# templated here, so a vault or a variable they name need not be at hand.
+FAB_KEYS = ("name", "state", "src", "requirements", "exclude", "server", "worker_class", "entry_point")
+FAB_KEYS += ("migrate_once", "server_names")
 DEFAULT_INVENTORY = os.environ.get("FLASKSTACK_INVENTORY", str(ROOT / "inventory" / "local"))
 GROUP = "flaskstack"
 
@@ -72,7 +79,7 @@ class Host:
     known_hosts: list[str]
     # Present apps, resolved by the app model as the flaskstack role resolves them.
     apps: list[dict]
-    # What the model checks before a deploy: the inventory's apps (without secrets) and defaults.
+    # What the model checks before a code push (the source tree of each present app).
     errors: list[str]
     cache_dir: Path
     platforms: dict[str, list[str]]
@@ -90,8 +97,8 @@ def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "
     Variables come from Ansible itself, as a play of the flaskstack role sees them
     (its defaults beneath the inventory's group_vars, host_vars and vault), and
     each host's apps from the app model (flaskstack/model.py), as the role
-    resolves them. secret_env and tls_certificate_key are never templated here:
-    a code push does not touch the environment.
+    resolves them. Only the keys a code push reads are templated (FAB_KEYS):
+    secrets, the environment and TLS are ansible-playbook's.
     """
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
@@ -134,9 +141,10 @@ def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "
         raw_apps = hostvars.get("flaskstack_apps", [])
         if not isinstance(raw_apps, list):
             raw_apps = templar.template(raw_apps)
-        apps = [
-            {k: templar.template(v) for k, v in raw.items() if k not in model.SECRET_KEYS} for raw in raw_apps
-        ]
+        apps = [{k: templar.template(v) for k, v in raw.items() if k in FAB_KEYS} for raw in raw_apps]
+        problems = model.name_errors(apps)
+        if problems:
+            raise DeployError(f"{host.name}: " + "\n".join(problems))
         defaults = var("flaskstack_app_defaults")
         layout = model.Layout(var("flaskstack_root"), var("flaskstack_config_dir"), var("flaskstack_run_dir"))
         resolved = model.resolve(
@@ -145,6 +153,7 @@ def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "
             layout,
             server_packages=var("flaskstack_server_packages"),
             worker_packages=var("flaskstack_worker_packages", {}),
+            health_host=var("app_health_host", ""),
             base_dir=str(var("inventory_dir", inventory)),
         )
         common_args = " ".join(str(var(k, "")) for k in ("ansible_ssh_common_args", "ansible_ssh_extra_args"))
@@ -161,9 +170,7 @@ def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "
                 become=bool(var("ansible_become", False)),
                 known_hosts=known_hosts or [str(Path.home() / ".ssh" / "known_hosts")],
                 apps=[a for a in resolved if a["state"] == "present"],
-                errors=model.app_errors(
-                    apps, defaults, base_dir=str(var("inventory_dir", inventory)), secrets=False
-                ),
+                errors=model.source_errors(apps, defaults),
                 cache_dir=Path(var("flaskstack_cache_dir")),
                 platforms=var("flaskstack_wheel_platforms", {}),
                 pip_args=list(var("flaskstack_pip_download_args", [])),
@@ -332,14 +339,14 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
                 say(host.name, f"{a['name']}: release {p['release'].id} is on the host already")
                 continue
             t = time.monotonic()
-            incoming = remote(host, ["mktemp", "-d", "-t", "flaskstack-upload.XXXXXX"], "mktemp").strip()
-            archive = f"{incoming}/{p['release'].id}.tar.gz"
+            # The upload folder ansible-playbook uses too (made by the app role, root's only).
+            archive = f"{a['upload_dir']}/{p['release'].id}.tar.gz"
+            wheels = f"{a['upload_dir']}/{p['key']}.tar"
             host.connection.put(p["release"].archive, archive)
             argv = [TOOL, "prepare", a["name"], p["release"].id, "--archive", archive]
             argv += ["--wheelhouse", p["key"]]
             sent = "code"
             if p["key"] not in have["wheelhouses"]:
-                wheels = f"{incoming}/{p['key']}.tar"
                 host.connection.put(str(wheelhouse_archive(p["wheels"])), wheels)
                 argv += ["--wheelhouse-archive", wheels]
                 sent = "code and wheelhouse"
@@ -347,7 +354,7 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
             try:
                 say(host.name, remote(host, [*argv, "--remove-archive"], f"{a['name']}: prepare"))
             finally:
-                remote(host, ["rm", "-rf", incoming], "clean up", check=False)
+                remote(host, ["rm", "-f", archive, wheels], "clean up", check=False)
 
     errors = on_every_host(hosts, prepare, "upload and prepare")
     if errors:

@@ -19,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from flaskstack import templates
+
 # Where the on-host tool lives. The module (flaskstack/release.py, standard
 # library only) is copied to TOOL_MODULE; TOOL is a small wrapper rendered from
 # templates/usr/local/sbin/flaskstack-release.j2 that names the config folder.
@@ -28,6 +30,9 @@ TOOL_MODULE = "/usr/local/lib/flaskstack/flaskstack_release.py"
 # The keys an app never carries into a fact, a template variable or -v output:
 # only the task that writes them reads them, from flaskstack_apps.
 SECRET_KEYS = ("secret_env", "tls_certificate_key")
+
+# Each app server's settings file, in the app's config folder.
+SERVER_CONFIG = {"gunicorn": "gunicorn.conf.py", "uwsgi": "uwsgi.ini"}
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 # module:callable, or module:factory(args), as gunicorn and uWSGI take it.
@@ -52,9 +57,9 @@ PEM_KEY_RE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 class Layout:
     """Where flaskstack keeps things on a host: flaskstack_root, _config_dir, _run_dir."""
 
-    root: str = "/srv"
-    config_dir: str = "/etc/flaskstack"
-    run_dir: str = "/run/flaskstack"
+    root: str
+    config_dir: str
+    run_dir: str
 
     def host(self) -> dict:
         """The host-wide paths the roles use (the fact flaskstack_host)."""
@@ -87,19 +92,47 @@ def _json(value) -> str:
     return json.dumps(value)
 
 
-def app_errors(
-    apps: list, defaults: dict, keep_releases=None, base_dir: str | None = None, secrets: bool = True
-) -> list[str]:
+UNSET = object()
+
+
+def app_errors(apps: list, defaults: dict, keep_releases=UNSET, base_dir: str | None = None) -> list[str]:
     """Every problem of the inventory's apps that an argument spec cannot express.
 
     One message per problem found, first problem of each app only, each naming
-    its variable. An empty list means the apps can be deployed. secrets=False:
-    the apps come without their secret values (fab deploy reads none), so the
-    checks of those values are left to ansible-playbook.
+    its variable. An empty list means the apps can be deployed. keep_releases is
+    app_keep_releases when it is set.
     """
+    errors = name_errors(apps)
+    if errors:
+        return errors
+    claims: Counter = Counter()
+    for i, raw in enumerate(apps):
+        app = merge(defaults, raw)
+        for problem in _headers(raw) + _server_worker(app):
+            errors.append(f"flaskstack_apps[{i}]{problem}")
+        if not _present(app):
+            continue
+        problem = _settings(app) or _source(app) or _certificate(app) or _snippets(app, base_dir)
+        if problem:
+            errors.append(f"flaskstack_apps[{i}].{problem}")
+        for host in app.get("server_names") or []:
+            claims[f"{host}:{app.get('http_port')}"] += 1
+    shared = [claim for claim, n in claims.items() if n > 1]
+    if shared:
+        errors.append(f"flaskstack_apps: more than one present app answers for {', '.join(shared)}.")
+    if keep_releases is not UNSET and not _at_least_one(keep_releases):
+        errors.append(
+            f"app_keep_releases is {keep_releases}: keep at least 1 release (the live one and the "
+            "previous one always stay besides)."
+        )
+    return errors
+
+
+def name_errors(apps: list) -> list[str]:
+    """Problems of the apps' names: each must be a valid user and unit name, and unique."""
     errors: list[str] = []
     for i, raw in enumerate(apps):
-        name = raw.get("name")
+        name = raw.get("name") if isinstance(raw, dict) else None
         if not isinstance(name, str) or not NAME_RE.match(name):
             errors.append(
                 f"flaskstack_apps[{i}].name is {_json(str(name))}: use 1 to 31 lower-case letters, digits, "
@@ -111,28 +144,27 @@ def app_errors(
     duplicates = [name for name, n in counts.items() if n > 1]
     if duplicates:
         return [f"flaskstack_apps has duplicate names: {', '.join(duplicates)}."]
+    return []
 
-    claims: Counter = Counter()
+
+def source_errors(apps: list, defaults: dict) -> list[str]:
+    """What a code push needs of each present app: its source, requirements and entry point's
+    module on the control node (fab deploy checks only these: it reads no other setting)."""
+    errors = []
     for i, raw in enumerate(apps):
         app = merge(defaults, raw)
-        for problem in _headers(raw) + _server_worker(app):
-            errors.append(f"flaskstack_apps[{i}]{problem}")
         if not _present(app):
             continue
-        certificate = _certificate(app) if secrets else ""
-        problem = _settings(app) or _source(app) or certificate or _snippets(app, base_dir)
+        n, src, entry = app["name"], app.get("src"), app.get("entry_point")
+        problem = (
+            f"src ({n}) is required: the app's source directory on the control node."
+            if not isinstance(src, str) or not src
+            else f"entry_point ({n}) is {_json(str(entry))}: use module:callable."
+            if not isinstance(entry, str) or not ENTRY_POINT_RE.match(entry)
+            else _source(app)
+        )  # fmt: skip
         if problem:
             errors.append(f"flaskstack_apps[{i}].{problem}")
-        for host in app.get("server_names") or []:
-            claims[f"{host}:{app.get('http_port')}"] += 1
-    shared = [claim for claim, n in claims.items() if n > 1]
-    if shared:
-        errors.append(f"flaskstack_apps: more than one present app answers for {', '.join(shared)}.")
-    if keep_releases is not None and not _at_least_one(keep_releases):
-        errors.append(
-            f"app_keep_releases is {keep_releases}: keep at least 1 release (the live one and the "
-            "previous one always stay besides)."
-        )
     return errors
 
 
@@ -219,7 +251,7 @@ def _certificate(app: dict) -> str:
 
 def snippet_file(src: str, base_dir: str | None) -> Path:
     """An nginx snippet's template file: relative paths start at the inventory's templates/ folder."""
-    return Path(base_dir or ".", "templates", src).resolve()
+    return (templates.inventory_templates(base_dir or ".") / src).resolve()
 
 
 def _snippets(app: dict, base_dir: str | None) -> str:
@@ -276,8 +308,9 @@ def resolve(
     for raw in apps:
         app = {k: v for k, v in merge(defaults, raw).items() if k not in SECRET_KEYS}
         app["secret_env_keys"] = list(raw.get("secret_env") or {})
+        # src as the inventory gives it (for the site's comment), path to read it from.
         app["nginx_snippets"] = [
-            {"src": str(snippet_file(s["src"], base_dir))} if "src" in s else dict(s)
+            {**s, "path": str(snippet_file(s["src"], base_dir))} if "src" in s else dict(s)
             for s in app.get("nginx_snippets") or []
         ]
         app["server_packages"] = app_packages(app, server_packages, worker_packages)
@@ -316,13 +349,17 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         "lock_file": f"{home}/.flaskstack-release.lock",
         "config_dir": config,
         "env_file": f"{config}/app.env",
+        # The app server's settings: gunicorn.conf.py or uwsgi.ini.
+        "server_config": f"{config}/{SERVER_CONFIG.get(app.get('server'), 'gunicorn.conf.py')}",
         "release_settings": f"{config}/release.json",
+        # Self-signed and provided certificates; certbot keeps ACME's in its own folder.
         "tls_dir": f"{config}/tls",
         "tls_certificate_file": f"{tls_dir}/fullchain.pem",
         "tls_certificate_key_file": f"{tls_dir}/privkey.pem",
         "socket": f"{layout.run_dir}/{name}.sock",
         "socket_unit": f"{name}.socket",
         "service": f"{name}.service",
+        "nginx_site": f"{name}.conf",
         "health_host": health_host or names[0],
     }
 

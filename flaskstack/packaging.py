@@ -29,7 +29,10 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REVISION_FILE = "REVISION"
+from flaskstack.release import REVISION, WHEELHOUSE_COMPLETE
+
+# The file the host checks for a whole release (written last): the tool's name for it.
+REVISION_FILE = REVISION
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 # The wheelhouse's copies of what to install; the last one written marks it complete.
 REQUIREMENTS = "requirements.txt"
-SERVER_REQUIREMENTS = "server-requirements.txt"
+# Written last: the tool takes a wheelhouse with this file for a complete one.
+SERVER_REQUIREMENTS = WHEELHOUSE_COMPLETE
 
 
 class WheelhouseError(Exception):

@@ -58,6 +58,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REVISION = "REVISION"
+# A wheelhouse's copy of the app server's requirements, the last file written into it.
+WHEELHOUSE_COMPLETE = "server-requirements.txt"
 VENV_MARKER = ".flaskstack-complete"
 INIT_MARKER = ".flaskstack-init-done"
 
@@ -189,7 +191,7 @@ class App:
 
     def has_wheelhouse(self, key: str) -> bool:
         """The wheelhouse <key> is here (it is unpacked aside and renamed into place whole)."""
-        return (self.wheelhouse_dir / key / "server-requirements.txt").is_file()
+        return (self.wheelhouse_dir / key / WHEELHOUSE_COMPLETE).is_file()
 
     def ever_live(self, release: str) -> bool:
         return any(entry["release"] == release for entry in self.history())
@@ -315,7 +317,7 @@ def get_health(app: App) -> tuple[int, str]:
 
 def wait_healthy(app: App) -> str:
     """Wait until the health path answers 2xx through the socket, or raise."""
-    deadline = time.monotonic() + float(app.cfg.get("health_timeout", 30))
+    deadline = time.monotonic() + float(app.cfg["health_timeout"])
     last = "no answer"
     while True:
         try:
@@ -332,7 +334,7 @@ def wait_healthy(app: App) -> str:
 
 def restart(app: App) -> None:
     argv = app.cfg.get("restart_command") or ["systemctl", "restart", app.cfg["service"]]
-    run(argv, f"{app.name}: restart of {app.cfg.get('service', 'the app server')} failed")
+    run(argv, f"{app.name}: restart of {app.cfg['service']} failed")
 
 
 def switch(app: App, release: str) -> None:
@@ -439,7 +441,7 @@ def build_venv(app: App, rel: Path, wheelhouse: Path, key: str) -> str:
             str(venv / "bin/python"), *([f"{pip}/pip"] if pip else ["-m", "pip"]),
             "install", "--quiet", "--no-index", "--no-cache-dir", "--disable-pip-version-check",
             "--find-links", str(wheelhouse),
-            "-r", str(wheelhouse / "requirements.txt"), "-r", str(wheelhouse / "server-requirements.txt"),
+            "-r", str(wheelhouse / "requirements.txt"), "-r", str(wheelhouse / WHEELHOUSE_COMPLETE),
         ]),
         f"install the requirements from {wheelhouse}",
     )  # fmt: skip
@@ -567,7 +569,7 @@ def activate(app: App, release: str, *, do_migrate: bool, action: str, note: str
             f"{exc}\n  switched back to {live}, which answers; {discard(app, release)}"
         ) from None
     app.record(release, live, action, note)
-    prune(app, int(app.cfg.get("keep_releases", 5)))
+    prune(app, int(app.cfg["keep_releases"]))
     return True
 
 
@@ -619,7 +621,7 @@ def prune(app: App, keep: int) -> None:
 def cmd_prune(args) -> int:
     app = App(args.app, args.config_dir)
     with app.lock():
-        prune(app, args.keep if args.keep is not None else int(app.cfg.get("keep_releases", 5)))
+        prune(app, args.keep if args.keep is not None else int(app.cfg["keep_releases"]))
     return 0
 
 
@@ -660,7 +662,7 @@ def cmd_releases(args) -> int:
 
 def cmd_status(args) -> int:
     app = App(args.app, args.config_dir)
-    service = app.cfg.get("service", f"{app.name}.service")
+    service = app.cfg["service"]
     active = subprocess.run(
         ["systemctl", "is-active", service], capture_output=True, text=True, check=False
     ).stdout.strip() if shutil.which("systemctl") else "unknown"  # fmt: skip
@@ -728,7 +730,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, config_dir: str = "/etc/flaskstack") -> int:
+def main(argv: list[str] | None, config_dir: str) -> int:
     """Run one command; config_dir is where <app>/release.json live (the wrapper names it)."""
     args = parser().parse_args(argv)
     args.config_dir = Path(config_dir)
@@ -740,4 +742,6 @@ def main(argv: list[str] | None = None, config_dir: str = "/etc/flaskstack") -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        "flaskstack-release: run it as /usr/local/sbin/flaskstack-release, which names the config folder"
+    )

@@ -19,10 +19,15 @@ class TemplateError(Exception):
     """No template at that path."""
 
 
+def inventory_templates(inventory_dir: str) -> Path:
+    """An inventory's own templates/ folder (overrides and nginx snippets)."""
+    return Path(inventory_dir) / "templates"
+
+
 def find(relative: str, inventory_dir: str | None = None) -> Path:
     """The template for a host file: the inventory's override if it has one, else flaskstack's."""
     relative = relative.lstrip("/")
-    candidates = [Path(inventory_dir) / "templates" / relative] if inventory_dir else []
+    candidates = [inventory_templates(inventory_dir) / relative] if inventory_dir else []
     candidates.append(TEMPLATES / relative)
     for path in candidates:
         if path.is_file():
@@ -31,19 +36,21 @@ def find(relative: str, inventory_dir: str | None = None) -> Path:
 
 
 def _shown(path: Path) -> str:
-    try:
-        return path.relative_to(PROJECT).as_posix()
-    except ValueError:
-        return path.as_posix()
+    return path.relative_to(PROJECT).as_posix()
 
 
 def origin(fullpath: str) -> str:
-    """The header's words for a template: its path in the checkout, and what it overrides."""
+    """The header's words for a template: its path in the checkout, or, for an inventory's
+    override, its path in the inventory and what it overrides. Never a path that depends on
+    where the checkout or the inventory lies, so every control node renders the same header."""
     path = Path(fullpath).resolve()
     if path.is_relative_to(TEMPLATES):
         return _shown(path)
     parts = path.parts
     for index in range(len(parts) - 1, -1, -1):
-        if parts[index] == "templates" and (TEMPLATES.joinpath(*parts[index + 1 :])).is_file():
-            return f"{_shown(path)} (overrides {_shown(TEMPLATES.joinpath(*parts[index + 1 :]))})"
-    return _shown(path)
+        if parts[index] == "templates":
+            relative = Path(*parts[index + 1 :]).as_posix()
+            if (TEMPLATES / relative).is_file():
+                return f"the inventory's templates/{relative} (overrides flaskstack's templates/{relative})"
+            return f"the inventory's templates/{relative}"
+    return path.name

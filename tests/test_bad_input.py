@@ -153,6 +153,18 @@ CASES = {
         {"flaskstack_apps": [app()], "app_keep_releases": 0},
         r"app_keep_releases is 0: keep at least 1 release",
     ),
+    "a variable under its old name": (
+        {"flaskstack_apps": [app()], "python_wheel_platforms": {"x86_64": ["manylinux2014_x86_64"]}},
+        r"python_wheel_platforms is now flaskstack_wheel_platforms",
+    ),
+    "an nginx snippet with neither content nor src": (
+        {"flaskstack_apps": [app(nginx_snippets=[{}])]},
+        r"flaskstack_apps\[0\]\.nginx_snippets\[0\] \(hello\): give either content",
+    ),
+    "keeping releases given as null": (
+        {"flaskstack_apps": [app()], "app_keep_releases": None},
+        r"app_keep_releases",
+    ),
     "unknown worker class": (
         {"flaskstack_apps": [app(worker_class="eventlet")]},
         r"worker_class.*eventlet|eventlet.*worker_class",

@@ -117,22 +117,40 @@ def test_bad_arguments_are_named(args, message):
     assert message in result.stdout + result.stderr
 
 
-def test_fab_deploy_checks_the_apps_as_ansible_does(tmp_path):
-    """The app model's checks, the same ones site.yml makes, stop fab deploy before any connection."""
+def test_fab_deploy_checks_what_it_pushes_and_reads_nothing_else(tmp_path):
+    """The app model's source checks stop fab deploy before any connection; the keys a code
+    push does not read (env, secrets) are not templated, so a vault it lacks does not matter."""
     inventory = tmp_path / "inv"
     (inventory / "group_vars").mkdir(parents=True)
     hosts = {"flaskstack": {"hosts": {"gone": {"ansible_host": "127.0.0.1", "ansible_port": 1}}}}
     (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
     app = {
         "name": "hello",
-        "src": str(ROOT / "app"),
+        "src": str(tmp_path / "nonexistent"),
         "entry_point": "hello:create_app()",
         "server_names": ["x"],
-        "http_port": 70000,
+        "env": {"DATABASE_URL": "{{ vault_database_url }}"},
         "secret_env": {"FLASK_SECRET_KEY": "{{ vault_not_given }}"},
     }
     (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump({"flaskstack_apps": [app]}))
     result = fab("deploy", "--inventory", str(inventory))
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "flaskstack_apps[0].http_port (hello) is 70000: use a port from 1 to 65535" in result.stderr
-    assert "unreachable" not in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"flaskstack_apps[0].src (hello): {tmp_path / 'nonexistent'} is not a directory" in output
+    assert "unreachable" not in output and "Traceback" not in output
+    # With the source in place, the same inventory gets as far as the host.
+    app["src"] = str(ROOT / "app")
+    (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump({"flaskstack_apps": [app]}))
+    result = fab("deploy", "--inventory", str(inventory))
+    assert result.returncode == 1 and "gone (127.0.0.1:1) is unreachable" in result.stdout + result.stderr
+
+
+def test_a_nameless_app_is_named_not_a_traceback(tmp_path):
+    inventory = tmp_path / "inv"
+    (inventory / "group_vars").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text(yaml.safe_dump({"flaskstack": {"hosts": {"a": None}}}))
+    apps = [{"src": str(ROOT / "app"), "entry_point": "hello:app"}]
+    (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump({"flaskstack_apps": apps}))
+    result = fab("status", "--inventory", str(inventory))
+    assert result.returncode == 2
+    assert 'a: flaskstack_apps[0].name is "None"' in result.stderr

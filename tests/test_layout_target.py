@@ -112,9 +112,9 @@ def test_the_override_and_the_snippets_take_effect(inventory):
     status, _ = https("/healthz")
     assert status == "200 yes"
     header = on_target("grep -m1 'Managed by' /etc/nginx/sites-available/hello.conf", port=SSH_PORT).stdout
-    assert f"from {inventory / 'templates' / SITE} (overrides templates/{SITE})" in header
+    assert f"from the inventory's templates/{SITE} (overrides flaskstack's templates/{SITE})" in header
     site = on_target("cat /etc/nginx/sites-available/hello.conf", port=SSH_PORT).stdout
-    assert f"# nginx_snippets[1] from {inventory / 'templates' / 'snippets' / 'hello.conf.j2'}" in site
+    assert "# nginx_snippets[1] from the inventory's templates/snippets/hello.conf.j2" in site
 
 
 def test_everything_lives_in_the_configured_folder(inventory):

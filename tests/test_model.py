@@ -45,7 +45,12 @@ def test_every_path_follows_the_layout_settings():
 
 
 def test_acme_certificates_stay_where_certbot_keeps_them():
-    (app,) = model.resolve([{**APP, "tls": "acme"}], DEFAULTS, model.Layout(), **PACKAGES)
+    (app,) = model.resolve(
+        [{**APP, "tls": "acme"}],
+        DEFAULTS,
+        model.Layout("/srv", "/etc/flaskstack", "/run/flaskstack"),
+        **PACKAGES,
+    )
     assert app["tls_certificate_key_file"] == "/etc/letsencrypt/live/shop/privkey.pem"
 
 
@@ -69,8 +74,16 @@ def test_a_snippet_file_is_found_from_the_inventory(tmp_path):
     (tmp_path / "templates" / "extra.conf.j2").write_text("# extra\n")
     app = {**APP, "nginx_snippets": [{"src": "extra.conf.j2"}]}
     assert model.app_errors([app], {**DEFAULTS, **_ports()}, base_dir=str(tmp_path)) == []
-    (resolved,) = model.resolve([app], DEFAULTS, model.Layout(), base_dir=str(tmp_path), **PACKAGES)
-    assert resolved["nginx_snippets"] == [{"src": str(tmp_path / "templates" / "extra.conf.j2")}]
+    (resolved,) = model.resolve(
+        [app],
+        DEFAULTS,
+        model.Layout("/srv", "/etc/flaskstack", "/run/flaskstack"),
+        base_dir=str(tmp_path),
+        **PACKAGES,
+    )
+    assert resolved["nginx_snippets"] == [
+        {"src": "extra.conf.j2", "path": str(tmp_path / "templates" / "extra.conf.j2")}
+    ]
 
 
 def _ports() -> dict:
@@ -93,7 +106,10 @@ def test_an_inventory_template_wins_and_says_what_it_overrides(tmp_path):
     override.parent.mkdir(parents=True, exist_ok=True)
     override.write_text("# mine\n")
     assert templates.find("etc/nginx/nginx.conf.j2", str(tmp_path)) == override
-    assert templates.origin(str(override)) == f"{override} (overrides templates/etc/nginx/nginx.conf.j2)"
+    assert templates.origin(str(override)) == (
+        "the inventory's templates/etc/nginx/nginx.conf.j2 "
+        "(overrides flaskstack's templates/etc/nginx/nginx.conf.j2)"
+    )
     with pytest.raises(templates.TemplateError):
         templates.find("etc/nothing.j2", str(tmp_path))
 
@@ -103,9 +119,26 @@ def test_roles_hold_no_template_and_every_template_is_used():
     named = set()
     for tasks in (ROOT / "roles").rglob("*.yml"):
         named |= set(re.findall(r"flaskstack_template', '([^']+\.j2)'", tasks.read_text()))
-    # The app server's settings file is named by a variable: one per server.
-    named |= {"etc/flaskstack/app/gunicorn.conf.py.j2", "etc/flaskstack/app/uwsgi.ini.j2"}
+    # The app server's settings file is named by the model: one per server.
+    named |= {f"etc/flaskstack/app/{name}.j2" for name in model.SERVER_CONFIG.values()}
     shipped = {p.relative_to(ROOT / "templates").as_posix() for p in (ROOT / "templates").rglob("*.j2")}
     assert named == shipped
     listed = (ROOT / "templates" / "README.md").read_text()
     assert all(f"`{name}`" in listed for name in shipped)
+
+
+def test_the_release_tool_runs_on_the_oldest_supported_host_python():
+    """flaskstack/release.py runs on the target's system Python: Debian 11 has 3.9."""
+    import ast
+
+    source = (ROOT / "flaskstack" / "release.py").read_text()
+    ast.parse(source, feature_version=(3, 9))
+    assert "match " not in source and "datetime.UTC" not in source
+
+
+def test_fab_checks_what_a_code_push_reads():
+    errors = model.source_errors(
+        [{**APP, "src": "/nonexistent"}, {"name": "gone", "state": "absent"}], DEFAULTS
+    )
+    assert errors == ["flaskstack_apps[0].src (shop): /nonexistent is not a directory on the control node."]
+    assert model.name_errors([{"src": "x"}])[0].startswith('flaskstack_apps[0].name is "None"')

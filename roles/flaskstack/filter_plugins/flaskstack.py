@@ -12,9 +12,11 @@ except ImportError:  # ansible-playbook from elsewhere: the package lies beside 
     from flaskstack import model, templates
 
 
-def app_errors(apps, defaults, keep_releases=None, base_dir=None):
-    """Every problem of flaskstack_apps that an argument spec cannot express, one message each."""
-    return model.app_errors(list(apps), dict(defaults), keep_releases=keep_releases, base_dir=base_dir)
+def app_errors(apps, defaults, base_dir=None, settings=None):
+    """Every problem of flaskstack_apps that an argument spec cannot express, one message each.
+    settings: other roles' variables the model checks, when they are set (app_keep_releases)."""
+    keep = (settings or {}).get("app_keep_releases", model.UNSET)
+    return model.app_errors(list(apps), dict(defaults), keep_releases=keep, base_dir=base_dir)
 
 
 def host(root, config_dir, run_dir):
