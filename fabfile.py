@@ -49,7 +49,8 @@ os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
 # The app keys a code push reads; the others (env, TLS, nginx settings, secrets) are never
 # templated here, so a vault or a variable they name need not be at hand.
 FAB_KEYS = ("name", "state", "src", "requirements", "exclude", "server", "worker_class", "entry_point")
-FAB_KEYS += ("migrate_once", "server_names")
+# (Everything that goes into a release's id is among them: fab and Ansible name a release alike.)
+FAB_KEYS += ("migrate_once", "server_names", "shared_dirs", "shared_files")
 DEFAULT_INVENTORY = os.environ.get("FLASKSTACK_INVENTORY", str(ROOT / "inventory" / "local"))
 GROUP = "flaskstack"
 
@@ -315,7 +316,7 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
             if not (folder / a["requirements"]).is_file():
                 raise Exit(f"fab: {a['name']}: {folder / a['requirements']} does not exist", code=2)
             try:
-                release = build_release(folder, a["name"], a["exclude"], a["server_packages"], host.cache_dir)
+                release = build_release(folder, a["name"], a["exclude"], a["release_extra"], host.cache_dir)
                 key, wheels = build_wheelhouse(
                     a["name"], folder / a["requirements"], a["server_packages"], python, arch,
                     host.platforms.get(arch, []), host.pip_args, host.cache_dir,

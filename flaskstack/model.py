@@ -112,7 +112,9 @@ def app_errors(apps: list, defaults: dict, keep_releases=UNSET, base_dir: str | 
             errors.append(f"flaskstack_apps[{i}]{problem}")
         if not _present(app):
             continue
-        problem = _settings(app) or _source(app) or _certificate(app) or _snippets(app, base_dir)
+        problem = (
+            _settings(app) or _shared(app) or _source(app) or _certificate(app) or _snippets(app, base_dir)
+        )
         if problem:
             errors.append(f"flaskstack_apps[{i}].{problem}")
         for host in app.get("server_names") or []:
@@ -249,6 +251,32 @@ def _certificate(app: dict) -> str:
     )
 
 
+# Names in a release that are flaskstack's own: no shared path may take their place.
+RELEASE_OWN = ("venv", "REVISION")
+
+
+def _shared(app: dict) -> str:
+    """The first shared path of a present app that is not a plain path inside the release."""
+    seen: list[str] = []
+    for key in ("shared_dirs", "shared_files"):
+        for j, path in enumerate(app.get(key) or []):
+            parts = str(path).split("/")
+            where = f"{key}[{j}] ({app['name']})"
+            if (
+                not isinstance(path, str) or not path or path.startswith("/") or path.endswith("/")
+                or any(part in ("", ".", "..") for part in parts) or parts[0] in RELEASE_OWN
+            ):  # fmt: skip
+                return (
+                    f"{where} is {_json(path)}: use a path inside the release, relative to it, "
+                    "without '..' (not venv or REVISION)."
+                )
+            for other in seen:
+                if path == other or path.startswith(other + "/") or other.startswith(path + "/"):
+                    return f"{where} is {_json(path)}: it overlaps the shared path {_json(other)}."
+            seen.append(path)
+    return ""
+
+
 def snippet_file(src: str, base_dir: str | None) -> Path:
     """An nginx snippet's template file: relative paths start at the inventory's templates/ folder."""
     return (templates.inventory_templates(base_dir or ".") / src).resolve()
@@ -315,6 +343,10 @@ def resolve(
         ]
         app["server_packages"] = app_packages(app, server_packages, worker_packages)
         app.update(paths(app, layout, health_host))
+        # What a release is made of besides its source: part of its content-hashed id.
+        app["release_extra"] = app["server_packages"] + [
+            f"shared {s['kind']} {s['path']}" for s in app["shared"]
+        ]
         resolved.append(app)
     return resolved
 
@@ -330,6 +362,12 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
     """The names and paths of one app on a host."""
     name = app["name"]
     home = f"{layout.root}/{name}"
+    # Shared paths: in every release a link to <home>/shared/<path>, kept across releases.
+    shared = [
+        {"path": path, "kind": kind, "target": f"{home}/shared/{path}"}
+        for key, kind in (("shared_dirs", "dir"), ("shared_files", "file"))
+        for path in app.get(key) or []
+    ]
     config = f"{layout.config_dir}/{name}"
     names = app.get("server_names") or [name]
     tls = app.get("tls", "off")
@@ -343,6 +381,9 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         "current": f"{home}/current",
         "shared_dir": f"{home}/shared",
         "data_dir": f"{home}/shared/data",
+        "shared": shared,
+        # All the app server may write (its sandbox's ReadWritePaths).
+        "writable_paths": [f"{home}/shared/data"] + [item["target"] for item in shared],
         "wheelhouse_dir": f"{home}/wheelhouse",
         "upload_dir": f"{home}/incoming",
         "history_file": f"{home}/history.jsonl",

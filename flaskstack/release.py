@@ -49,6 +49,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -253,13 +254,6 @@ def run(argv: list[str], what: str, **kwargs) -> str:
     return result.stdout.strip()
 
 
-def as_app_user(app: App, argv: list[str]) -> list[str]:
-    """A command run as the app user, without its environment (prepare)."""
-    if app.isolation == "none":
-        return argv
-    return ["runuser", "-u", app.user, "--", *argv]
-
-
 def in_release(app: App, release: str, argv: list[str], what: str) -> str:
     """Run a command in a release as the app user, with the app's environment."""
     rel = app.release_dir(release)
@@ -406,14 +400,21 @@ def pip_wheel() -> str | None:
 
 def build_venv(app: App, rel: Path, wheelhouse: Path, key: str) -> str:
     """rel/venv with the wheelhouse's packages: hard-linked from a release built from the
-    same wheelhouse when there is one (a code-only deploy), else installed from it."""
+    same wheelhouse when there is one (a code-only deploy), else installed from it. Built
+    by this tool's user (root on a host), so the app can read it and never change it."""
     venv = rel / "venv"
-    same = [r for r in reversed(app.releases()) if venv_key(app, r) == key and r != rel.name]
+    # Only a venv of this tool's user is linked from: hard links share files, and the
+    # app user owned the venvs of releases prepared before releases became root's.
+    same = [
+        r for r in reversed(app.releases())
+        if venv_key(app, r) == key and r != rel.name
+        and (app.release_dir(r) / "venv").stat().st_uid == os.geteuid()
+    ]  # fmt: skip
     if same:
         source = app.release_dir(same[0]) / "venv"
         # Hard links: no data is copied and no disk is spent. The files of a venv are
         # never changed in place after it is built; pip replaces files, never rewrites them.
-        run(as_app_user(app, ["cp", "-al", str(source), str(venv)]), f"link the venv of {same[0]}")
+        run(["cp", "-al", str(source), str(venv)], f"link the venv of {same[0]}")
         # A venv names its own path in its scripts' #! lines, activate scripts and
         # pyvenv.cfg: those get a new file of their own (the source keeps its inode).
         old, new = str(source).encode(), str(venv).encode()
@@ -425,27 +426,47 @@ def build_venv(app: App, rel: Path, wheelhouse: Path, key: str) -> str:
                     fresh = path.with_name(f".{path.name}.flaskstack")
                     fresh.write_bytes(data.replace(old, new))
                     os.chmod(fresh, stat.st_mode & 0o7777)
-                    if app.isolation != "none":
-                        os.chown(fresh, stat.st_uid, stat.st_gid)
                     os.replace(fresh, path)
         return f"linked from {same[0]} (same wheelhouse {key})"
     python = app.cfg.get("python") or sys.executable
     pip = pip_wheel()
     # Without ensurepip's copy of pip (3 s): pip runs from the system's wheel instead.
+    run([python, "-m", "venv", *(["--without-pip"] if pip else []), str(venv)], "create the venv")
     run(
-        as_app_user(app, [python, "-m", "venv", *(["--without-pip"] if pip else []), str(venv)]),
-        "create the venv",
-    )
-    run(
-        as_app_user(app, [
+        [
             str(venv / "bin/python"), *([f"{pip}/pip"] if pip else ["-m", "pip"]),
             "install", "--quiet", "--no-index", "--no-cache-dir", "--disable-pip-version-check",
             "--find-links", str(wheelhouse),
             "-r", str(wheelhouse / "requirements.txt"), "-r", str(wheelhouse / WHEELHOUSE_COMPLETE),
-        ]),
+        ],
         f"install the requirements from {wheelhouse}",
     )  # fmt: skip
     return f"installed from wheelhouse {key}"
+
+
+def link_shared(app: App, rel: Path) -> str:
+    """Replace each shared path of the release by a link into <home>/shared (Capistrano's
+    linked_dirs): what the archive had there goes, the shared copy is the one that lives."""
+    linked = []
+    for item in app.cfg["shared"]:
+        link = rel / item["path"]
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.is_dir():
+            shutil.rmtree(link)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(item["target"], link)
+        linked.append(item["path"])
+    return f"shared: {', '.join(linked)}" if linked else ""
+
+
+def compile_release(app: App, rel: Path) -> None:
+    """Byte-compile the release's own code: the app may not write __pycache__ in it. A file
+    that does not compile is left to the check gate, which says why in the app's words."""
+    skip = [str(rel / "venv")] + [str(rel / item["path"]) for item in app.cfg["shared"]]
+    pattern = "|".join(f"^{re.escape(path)}(/|$)" for path in skip)
+    argv = [str(rel / "venv/bin/python"), "-m", "compileall", "-q", "-x", pattern, str(rel)]
+    subprocess.run(argv, capture_output=True, check=False)
 
 
 def venv_key(app: App, release: str) -> str | None:
@@ -473,17 +494,16 @@ def cmd_prepare(args) -> int:
                 wheelhouse = install_wheelhouse(app, args.wheelhouse, upload)
                 s.detail = f"wheelhouse {args.wheelhouse} {'reused' if had else 'unpacked'}"
             app.releases_dir.mkdir(parents=True, exist_ok=True)
+            # The release is root's and read-only to the app (files 0644, folders 0755, as
+            # packed): it writes only its shared paths, linked in below.
             rel.mkdir(mode=0o755)
-            if app.isolation != "none":
-                shutil.chown(app.releases_dir, app.user, app.cfg["group"])
-                shutil.chown(rel, app.user, app.cfg["group"])
-            # Read as root (the upload is root's), written by the app user.
-            with step("unpack"), archive.open("rb") as data:
-                run(as_app_user(app, ["tar", "-xzf", "-", "-C", str(rel)]), "unpack", stdin=data)
+            with step("unpack") as s, archive.open("rb") as data:
+                run(["tar", "-xzf", "-", "-C", str(rel), "--no-same-owner"], "unpack", stdin=data)
+                s.detail = link_shared(app, rel)
             with step("venv") as s:
                 s.detail = build_venv(app, rel, wheelhouse, args.wheelhouse)
-                run(as_app_user(app, ["sh", "-c", 'echo "$1" > "$2"', "sh", args.wheelhouse,
-                                      str(rel / "venv" / VENV_MARKER)]), "mark the venv")  # fmt: skip
+                compile_release(app, rel)
+                (rel / "venv" / VENV_MARKER).write_text(args.wheelhouse + "\n")
         except (ReleaseError, OSError) as exc:
             shutil.rmtree(rel, ignore_errors=True)
             raise ReleaseError(f"{app.name}: release {args.release} could not be prepared: {exc}") from None

@@ -165,6 +165,10 @@ CASES = {
         {"flaskstack_apps": [app()], "app_keep_releases": None},
         r"app_keep_releases",
     ),
+    "a shared path that escapes the release": (
+        {"flaskstack_apps": [app(shared_dirs=["../../etc"])]},
+        r"flaskstack_apps\[0\]\.shared_dirs\[0\] \(hello\) is \"../../etc\": use a path inside the release",
+    ),
     "unknown worker class": (
         {"flaskstack_apps": [app(worker_class="eventlet")]},
         r"worker_class.*eventlet|eventlet.*worker_class",

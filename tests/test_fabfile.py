@@ -154,3 +154,32 @@ def test_a_nameless_app_is_named_not_a_traceback(tmp_path):
     result = fab("status", "--inventory", str(inventory))
     assert result.returncode == 2
     assert 'a: flaskstack_apps[0].name is "None"' in result.stderr
+
+
+def test_fab_and_ansible_name_the_same_release(tmp_path):
+    """The release id is a content hash of the source and what the model adds to it (server
+    packages, shared paths): fab and the flaskstack_apps lookup must compute it alike."""
+    import importlib.util
+
+    from flaskstack.packaging import build_release
+
+    plugin = ROOT / "roles" / "flaskstack" / "lookup_plugins" / "flaskstack_apps.py"
+    spec = importlib.util.spec_from_file_location("flaskstack_apps_lookup", plugin)
+    lookup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lookup)
+
+    (host,) = fabfile.load_inventory(str(ROOT / "inventory" / "local"))
+    (app,) = host.apps
+    by_fab = build_release(ROOT / "app", app["name"], app["exclude"], app["release_extra"], tmp_path)
+    raw = yaml.safe_load((ROOT / "inventory" / "local" / "group_vars" / "flaskstack.yml").read_text())
+    raw_app = {k: v for k, v in raw["flaskstack_apps"][0].items() if k != "secret_env"}
+    raw_app["src"] = str(ROOT / "app")
+    defaults = yaml.safe_load((ROOT / "roles" / "flaskstack" / "defaults" / "main.yml").read_text())
+    (by_ansible,) = lookup.LookupModule().run(
+        [], apps=[raw_app], defaults=defaults["flaskstack_app_defaults"], root="/srv",
+        config_dir="/etc/flaskstack", run_dir="/run/flaskstack",
+        server_packages=defaults["flaskstack_server_packages"],
+        worker_packages=defaults["flaskstack_worker_packages"], cache_dir=str(tmp_path),
+    )  # fmt: skip
+    assert by_ansible["release_id"] == by_fab.id
+    assert any(extra.startswith("shared dir instance") for extra in app["release_extra"])

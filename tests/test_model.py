@@ -142,3 +142,38 @@ def test_fab_checks_what_a_code_push_reads():
     )
     assert errors == ["flaskstack_apps[0].src (shop): /nonexistent is not a directory on the control node."]
     assert model.name_errors([{"src": "x"}])[0].startswith('flaskstack_apps[0].name is "None"')
+
+
+@pytest.mark.parametrize(
+    "shared, message",
+    [
+        (
+            {"shared_dirs": ["../etc"]},
+            r'shared_dirs\[0\] \(shop\) is "\.\./etc": use a path inside the release',
+        ),
+        ({"shared_dirs": ["/var/data"]}, r'shared_dirs\[0\] \(shop\) is "/var/data"'),
+        ({"shared_files": ["venv/x"]}, r'shared_files\[0\] \(shop\) is "venv/x"'),
+        (
+            {"shared_dirs": ["instance"], "shared_files": ["instance/config.py"]},
+            r'shared_files\[0\] \(shop\) is "instance/config.py": it overlaps the shared path "instance"',
+        ),
+    ],
+)
+def test_a_shared_path_must_stay_inside_the_release(shared, message):
+    errors = model.app_errors([{**APP, **shared}], {**DEFAULTS, **_ports()})
+    assert len(errors) == 1 and re.search(message, errors[0]), errors
+
+
+def test_shared_paths_are_linked_targets_and_the_only_writable_ones():
+    layout = model.Layout("/srv", "/etc/flaskstack", "/run/flaskstack")
+    app = {**APP, "shared_dirs": ["instance", "uploads"], "shared_files": ["settings.ini"]}
+    (resolved,) = model.resolve([app], DEFAULTS, layout, **PACKAGES)
+    assert resolved["shared"] == [
+        {"path": "instance", "kind": "dir", "target": "/srv/shop/shared/instance"},
+        {"path": "uploads", "kind": "dir", "target": "/srv/shop/shared/uploads"},
+        {"path": "settings.ini", "kind": "file", "target": "/srv/shop/shared/settings.ini"},
+    ]
+    assert resolved["writable_paths"] == [
+        "/srv/shop/shared/data", "/srv/shop/shared/instance", "/srv/shop/shared/uploads",
+        "/srv/shop/shared/settings.ini",
+    ]  # fmt: skip

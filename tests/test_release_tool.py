@@ -70,12 +70,15 @@ class Host:
         self.socket = tmp / "site.sock"
         # The layout of an app "site" as the app model derives it.
         layout = model.Layout(root=str(tmp / "srv"), config_dir=str(self.config_dir), run_dir=str(tmp))
-        paths = model.paths({"name": "site", "server_names": ["site.test"]}, layout)
+        paths = model.paths(
+            {"name": "site", "server_names": ["site.test"], "shared_dirs": ["instance"]}, layout
+        )
         assert (paths["home"], paths["socket"]) == (str(self.home), str(self.socket))
         self.settings = {
             "name": "site",
             **{k: paths[k] for k in ("home", "releases_dir", "current", "shared_dir")},
             **{k: paths[k] for k in ("wheelhouse_dir", "history_file", "lock_file", "env_file", "socket")},
+            "shared": paths["shared"],
             "user": os.environ.get("USER", "root"),
             "group": "unused",
             "service": "site.service",
@@ -97,7 +100,7 @@ class Host:
         make_wheel(wheelhouse)
         (wheelhouse / "requirements.txt").write_text("tinydep==1.0\n")
         (wheelhouse / "server-requirements.txt").write_text("")
-        (self.home / "shared").mkdir()
+        (self.home / "shared" / "instance").mkdir(parents=True)
 
     def write_settings(self, **changes) -> None:
         self.settings.update(changes)
@@ -110,10 +113,20 @@ class Host:
             capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
 
-    def release(self, label: str, answer: str = "200 OK", live: str = "200", broken: bool = False) -> str:
+    def release(
+        self,
+        label: str,
+        answer: str = "200 OK",
+        live: str = "200",
+        broken: bool = False,
+        extra: dict | None = None,
+    ) -> str:
         """Package a release (control node code), upload and prepare it; its id."""
         src = self.tmp / "src" / label
         (src / "siteapp").mkdir(parents=True)
+        for name, text in (extra or {}).items():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_text(text)
         code = "this is not python(" if broken else APP + f"\nLABEL = {label!r}\n"
         (src / "siteapp" / "__init__.py").write_text(code)
         (src / "siteapp" / "answer.txt").write_text(answer)
@@ -178,6 +191,24 @@ def test_a_good_release_goes_live_and_is_recorded(host):
         "action": "deploy", "from": None, "note": "first deploy", "release": first, "time": None,
     }  # fmt: skip
     assert "siteapp:create_app() builds" in result.stdout
+
+
+def test_shared_paths_outlive_releases(host):
+    """instance/ of every release is one folder in shared/: what one release writes there,
+    the next one reads, and what an archive brought at that path never serves."""
+    first = host.release("one")
+    link = host.home / "releases" / first / "instance"
+    assert link.is_symlink() and os.readlink(link) == str(host.home / "shared" / "instance")
+    (link / "app.db").write_text("rows of release one")
+    src = host.tmp / "src" / "two"
+    second = host.release("two", extra={"instance/app.db": "stale copy in the archive"})
+    assert (host.home / "releases" / second / "instance" / "app.db").read_text() == "rows of release one"
+    assert (src / "instance" / "app.db").is_file()  # the archive did carry it
+    # Removing a release removes its link, never the shared data.
+    assert host.tool("prune", "site", "--keep", "1").returncode == 0
+    assert (host.home / "shared" / "instance" / "app.db").read_text() == "rows of release one"
+    # The release's own code was byte-compiled: the app never writes __pycache__ there.
+    assert list((host.home / "releases" / second / "siteapp" / "__pycache__").glob("*.pyc"))
 
 
 def test_activating_the_live_release_changes_nothing(host):

@@ -98,13 +98,16 @@ def test_data_folder_is_writable_by_the_app_user_only(host):
     assert host.file(f"{HOME}/shared/data/hello.db").user == APP
 
 
-def test_current_points_at_a_release_with_its_own_venv_owned_by_the_app_user(host):
+def test_current_points_at_a_release_with_its_own_venv_read_only_to_the_app(host):
     current = host.file(f"{HOME}/current")
     assert current.is_symlink
     release = current.linked_to
     assert release.startswith(f"{HOME}/releases/")
-    venv = host.file(f"{release}/venv")
-    assert venv.user == APP
+    # The release is root's: the app reads its code and venv and can change neither.
+    for path in (release, f"{release}/venv", f"{release}/hello/__init__.py", f"{release}/venv/bin/python3"):
+        assert host.file(path).user == "root", path
+    for path in (release, f"{release}/hello", f"{release}/venv/bin"):
+        assert host.run(f"runuser -u {APP} -- touch {path}/written-by-the-app").rc != 0, path
     # Installed from the wheelhouse: gunicorn and Flask are in the release's venv,
     # not in the system Python (PEP 668). The venv has no pip of its own: it is
     # never changed after it was built.
@@ -116,6 +119,17 @@ def test_current_points_at_a_release_with_its_own_venv_owned_by_the_app_user(hos
     assert "pip" not in names
     assert {"flask", "gunicorn", "flask-sqlalchemy"} <= names
     assert host.run("python3 -c 'import flask'").rc != 0
+
+
+def test_shared_instance_folder_is_linked_into_the_release_and_writable(host):
+    """Flask's instance folder (shared_dirs' default) is the one writable place in a release."""
+    link = host.file(f"{HOME}/current/instance")
+    assert link.is_symlink and link.linked_to == f"{HOME}/shared/instance"
+    shared = host.file(f"{HOME}/shared/instance")
+    assert (shared.user, shared.mode) == (APP, 0o750)
+    assert host.run(f"runuser -u {APP} -- touch {HOME}/current/instance/written-by-the-app").rc == 0
+    unit = host.check_output(f"systemctl show -p ReadWritePaths --value {APP}.service")
+    assert set(unit.split()) == {f"{HOME}/shared/data", f"{HOME}/shared/instance"}
 
 
 def test_app_processes_run_as_the_app_user(host):

@@ -46,7 +46,7 @@ class LookupModule(LookupBase):
                     Path(app["src"]).resolve(),
                     app["name"],
                     list(app["exclude"]),
-                    app["server_packages"],
+                    app["release_extra"],
                     Path(kwargs["cache_dir"]),
                 )
             except OSError as exc:
