@@ -80,8 +80,10 @@ class Host:
     known_hosts: list[str]
     # Present apps, resolved by the app model as the flaskstack role resolves them.
     apps: list[dict]
-    # What the model checks before a code push (the source tree of each present app).
-    errors: list[str]
+    # The inventory's apps as fab reads them (FAB_KEYS), and their defaults: what the
+    # model checks before a code push.
+    fab_apps: list[dict]
+    defaults: dict
     cache_dir: Path
     platforms: dict[str, list[str]]
     pip_args: list[str]
@@ -171,7 +173,8 @@ def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "
                 become=bool(var("ansible_become", False)),
                 known_hosts=known_hosts or [str(Path.home() / ".ssh" / "known_hosts")],
                 apps=[a for a in resolved if a["state"] == "present"],
-                errors=model.source_errors(apps, defaults),
+                fab_apps=apps,
+                defaults=defaults,
                 cache_dir=Path(var("flaskstack_cache_dir")),
                 platforms=var("flaskstack_wheel_platforms", {}),
                 pip_args=list(var("flaskstack_pip_download_args", [])),
@@ -250,15 +253,19 @@ def selected(host: Host, app: str) -> list[dict]:
 
 
 def open_hosts(
-    inventory: str, limit: str, vault_password_file: str, app: str = "", check: bool = False
+    inventory: str, limit: str, vault_password_file: str, app: str = "", src: str | None = None
 ) -> list[Host]:
-    """The hosts, connected and asked what they have; with check, the app model's checks first."""
+    """The hosts, connected and asked what they have. With src (a code push: "" for the
+    inventory's own source, else the folder given), the app model's checks of what is
+    pushed come first: each selected app's source, requirements and entry point."""
     try:
         hosts = load_inventory(inventory, limit, vault_password_file)
         for host in hosts:
             selected(host, app)
-            if check and host.errors:
-                raise DeployError(f"{host.name}: " + "\n".join(host.errors))
+            if src is not None:
+                problems = model.source_errors(host.fab_apps, host.defaults, only=app, src=src)
+                if problems:
+                    raise DeployError(f"{host.name}: " + "\n".join(problems))
     except DeployError as exc:
         raise Exit(f"fab: {exc}", code=2) from None
 
@@ -302,7 +309,11 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
     started = time.monotonic()
     if src and not app:
         raise Exit("fab: --src needs --app (which app the folder is)", code=2)
-    hosts = open_hosts(inventory, limit, vault_password_file, app, check=True)
+    if src and not Path(src).is_dir():
+        raise Exit(f"fab: --src {src} is not a directory", code=2)
+    hosts = open_hosts(
+        inventory, limit, vault_password_file, app, src=str(Path(src).resolve()) if src else ""
+    )
     who = f"fab deploy by {getpass.getuser()}@{socket.gethostname()}"
 
     # Package on this machine, once per app and target Python: the release id is a
@@ -340,9 +351,9 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
                 say(host.name, f"{a['name']}: release {p['release'].id} is on the host already")
                 continue
             t = time.monotonic()
-            # The upload folder ansible-playbook uses too (made by the app role, root's only).
-            archive = f"{a['upload_dir']}/{p['release'].id}.tar.gz"
-            wheels = f"{a['upload_dir']}/{p['key']}.tar"
+            # Where ansible-playbook uploads too (the app role's upload folder, root's only).
+            archive = model.release_paths(a, p["release"].id)["upload_archive"]
+            wheels = model.wheelhouse_upload(a, p["key"])
             host.connection.put(p["release"].archive, archive)
             argv = [TOOL, "prepare", a["name"], p["release"].id, "--archive", archive]
             argv += ["--wheelhouse", p["key"]]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flaskstack import templates
+from flaskstack.release import RELEASE_SETTINGS, REVISION, VENV
 
 # Where the on-host tool lives. The module (flaskstack/release.py, standard
 # library only) is copied to TOOL_MODULE; TOOL is a small wrapper rendered from
@@ -149,14 +150,17 @@ def name_errors(apps: list) -> list[str]:
     return []
 
 
-def source_errors(apps: list, defaults: dict) -> list[str]:
+def source_errors(apps: list, defaults: dict, only: str = "", src: str = "") -> list[str]:
     """What a code push needs of each present app: its source, requirements and entry point's
-    module on the control node (fab deploy checks only these: it reads no other setting)."""
+    module on the control node (fab deploy checks only these: it reads no other setting).
+    only: just this app; src: its source is this folder instead (fab deploy --src)."""
     errors = []
     for i, raw in enumerate(apps):
         app = merge(defaults, raw)
-        if not _present(app):
+        if not _present(app) or (only and app["name"] != only):
             continue
+        if src:
+            app["src"] = src
         n, src, entry = app["name"], app.get("src"), app.get("entry_point")
         problem = (
             f"src ({n}) is required: the app's source directory on the control node."
@@ -252,7 +256,7 @@ def _certificate(app: dict) -> str:
 
 
 # Names in a release that are flaskstack's own: no shared path may take their place.
-RELEASE_OWN = ("venv", "REVISION")
+RELEASE_OWN = (VENV, REVISION)
 
 
 def _shared(app: dict) -> str:
@@ -371,8 +375,8 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
     config = f"{layout.config_dir}/{name}"
     names = app.get("server_names") or [name]
     tls = app.get("tls", "off")
-    # certbot keeps its certificates in its own folder; the other modes in the app's.
-    tls_dir = f"/etc/letsencrypt/live/{name}" if tls == "acme" else f"{config}/tls"
+    # certbot keeps its certificates in its own folder (named by --cert-name); the other modes in the app's.
+    certificates = f"/etc/letsencrypt/live/{name}" if tls == "acme" else f"{config}/tls"
     return {
         "user": name,
         "group": name,
@@ -392,20 +396,34 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         "env_file": f"{config}/app.env",
         # The app server's settings: gunicorn.conf.py or uwsgi.ini.
         "server_config": f"{config}/{SERVER_CONFIG.get(app.get('server'), 'gunicorn.conf.py')}",
-        "release_settings": f"{config}/release.json",
+        "release_settings": f"{config}/{RELEASE_SETTINGS}",
         # Self-signed and provided certificates; certbot keeps ACME's in its own folder.
         "tls_dir": f"{config}/tls",
-        "tls_certificate_file": f"{tls_dir}/fullchain.pem",
-        "tls_certificate_key_file": f"{tls_dir}/privkey.pem",
+        "tls_certificate_file": f"{certificates}/fullchain.pem",
+        "tls_certificate_key_file": f"{certificates}/privkey.pem",
         "socket": f"{layout.run_dir}/{name}.sock",
         "socket_unit": f"{name}.socket",
         "service": f"{name}.service",
+        "socket_unit_file": f"/etc/systemd/system/{name}.socket",
+        "service_unit_file": f"/etc/systemd/system/{name}.service",
+        # The live release's programs: the unit starts the app server from here.
+        "current_bin": f"{home}/current/{VENV}/bin",
+        # certbot's name for the app's certificate (/etc/letsencrypt/live/<name>/).
+        "acme_cert_name": name,
         "nginx_site": f"{name}.conf",
         "health_host": health_host or names[0],
     }
 
 
 def release_paths(app: dict, release_id: str) -> dict:
-    """Where one release of an app lives."""
-    release_dir = f"{app['releases_dir']}/{release_id}"
-    return {"release_id": release_id, "release_dir": release_dir, "venv": f"{release_dir}/venv"}
+    """Where one release of an app lives, and where its archive is uploaded to."""
+    return {
+        "release_id": release_id,
+        "release_dir": f"{app['releases_dir']}/{release_id}",
+        "upload_archive": f"{app['upload_dir']}/{release_id}.tar.gz",
+    }
+
+
+def wheelhouse_upload(app: dict, key: str) -> str:
+    """Where a wheelhouse's tar is uploaded to."""
+    return f"{app['upload_dir']}/{key}.tar"

@@ -59,6 +59,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REVISION = "REVISION"
+# Each release's virtualenv, in the release; and each app's settings, in <config dir>/<app>/.
+VENV = "venv"
+RELEASE_SETTINGS = "release.json"
 # A wheelhouse's copy of the app server's requirements, the last file written into it.
 WHEELHOUSE_COMPLETE = "server-requirements.txt"
 VENV_MARKER = ".flaskstack-complete"
@@ -121,7 +124,7 @@ class App:
     """One app's settings (release.json) and the paths derived from them."""
 
     def __init__(self, name: str, config_dir: Path):
-        path = config_dir / name / "release.json"
+        path = config_dir / name / RELEASE_SETTINGS
         try:
             self.cfg = json.loads(path.read_text())
         except FileNotFoundError:
@@ -158,7 +161,7 @@ class App:
 
     def prepared(self, release: str) -> bool:
         path = self.release_dir(release)
-        return (path / REVISION).is_file() and (path / "venv" / VENV_MARKER).is_file()
+        return (path / REVISION).is_file() and (path / VENV / VENV_MARKER).is_file()
 
     def releases(self) -> list[str]:
         """Prepared releases, oldest first: by their last activation, or by when they
@@ -257,7 +260,7 @@ def run(argv: list[str], what: str, **kwargs) -> str:
 def in_release(app: App, release: str, argv: list[str], what: str) -> str:
     """Run a command in a release as the app user, with the app's environment."""
     rel = app.release_dir(release)
-    path = f"{rel}/venv/bin:/usr/local/bin:/usr/bin:/bin"
+    path = f"{rel}/{VENV}/bin:/usr/local/bin:/usr/bin:/bin"
     if app.isolation == "none":
         env = {"PATH": path, "HOME": str(rel), "LANG": "C.UTF-8", **read_env_file(app)}
         return run(argv, what, cwd=rel, env=env)
@@ -355,7 +358,7 @@ def cmd_info(args) -> int:
     """What `fab deploy` needs to know of this host, as JSON."""
     apps = {}
     if args.config_dir.is_dir():
-        for path in sorted(args.config_dir.glob("*/release.json")):
+        for path in sorted(args.config_dir.glob(f"*/{RELEASE_SETTINGS}")):
             app = App(path.parent.name, args.config_dir)
             wheelhouses = (
                 sorted(p.name for p in app.wheelhouse_dir.iterdir() if app.has_wheelhouse(p.name))
@@ -402,16 +405,16 @@ def build_venv(app: App, rel: Path, wheelhouse: Path, key: str) -> str:
     """rel/venv with the wheelhouse's packages: hard-linked from a release built from the
     same wheelhouse when there is one (a code-only deploy), else installed from it. Built
     by this tool's user (root on a host), so the app can read it and never change it."""
-    venv = rel / "venv"
+    venv = rel / VENV
     # Only a venv of this tool's user is linked from: hard links share files, and the
     # app user owned the venvs of releases prepared before releases became root's.
     same = [
         r for r in reversed(app.releases())
         if venv_key(app, r) == key and r != rel.name
-        and (app.release_dir(r) / "venv").stat().st_uid == os.geteuid()
+        and (app.release_dir(r) / VENV).stat().st_uid == os.geteuid()
     ]  # fmt: skip
     if same:
-        source = app.release_dir(same[0]) / "venv"
+        source = app.release_dir(same[0]) / VENV
         # Hard links: no data is copied and no disk is spent. The files of a venv are
         # never changed in place after it is built; pip replaces files, never rewrites them.
         run(["cp", "-al", str(source), str(venv)], f"link the venv of {same[0]}")
@@ -463,15 +466,15 @@ def link_shared(app: App, rel: Path) -> str:
 def compile_release(app: App, rel: Path) -> None:
     """Byte-compile the release's own code: the app may not write __pycache__ in it. A file
     that does not compile is left to the check gate, which says why in the app's words."""
-    skip = [str(rel / "venv")] + [str(rel / item["path"]) for item in app.cfg["shared"]]
+    skip = [str(rel / VENV)] + [str(rel / item["path"]) for item in app.cfg["shared"]]
     pattern = "|".join(f"^{re.escape(path)}(/|$)" for path in skip)
-    argv = [str(rel / "venv/bin/python"), "-m", "compileall", "-q", "-x", pattern, str(rel)]
+    argv = [str(rel / VENV / "bin/python"), "-m", "compileall", "-q", "-x", pattern, str(rel)]
     subprocess.run(argv, capture_output=True, check=False)
 
 
 def venv_key(app: App, release: str) -> str | None:
     try:
-        return (app.release_dir(release) / "venv" / VENV_MARKER).read_text().strip() or None
+        return (app.release_dir(release) / VENV / VENV_MARKER).read_text().strip() or None
     except OSError:
         return None
 
@@ -503,7 +506,7 @@ def cmd_prepare(args) -> int:
             with step("venv") as s:
                 s.detail = build_venv(app, rel, wheelhouse, args.wheelhouse)
                 compile_release(app, rel)
-                (rel / "venv" / VENV_MARKER).write_text(args.wheelhouse + "\n")
+                (rel / VENV / VENV_MARKER).write_text(args.wheelhouse + "\n")
         except (ReleaseError, OSError) as exc:
             shutil.rmtree(rel, ignore_errors=True)
             raise ReleaseError(f"{app.name}: release {args.release} could not be prepared: {exc}") from None
@@ -543,7 +546,7 @@ def activate(app: App, release: str, *, do_migrate: bool, action: str, note: str
         print(f"{app.name}: release {release} is already live")
         return False
     server, entry = app.cfg["server"], app.cfg["entry_point"]
-    python = str(app.release_dir(release) / "venv/bin/python")
+    python = str(app.release_dir(release) / VENV / "bin/python")
     try:
         with step("check") as s:
             s.detail = in_release(

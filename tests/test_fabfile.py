@@ -183,3 +183,27 @@ def test_fab_and_ansible_name_the_same_release(tmp_path):
     )  # fmt: skip
     assert by_ansible["release_id"] == by_fab.id
     assert any(extra.startswith("shared dir instance") for extra in app["release_extra"])
+
+
+def test_fab_deploy_checks_only_what_it_pushes(tmp_path):
+    """--app: another app's missing source does not matter; --src: the folder given is checked,
+    not the inventory's (which may not exist on this machine)."""
+    inventory = tmp_path / "inv"
+    (inventory / "group_vars").mkdir(parents=True)
+    hosts = {"flaskstack": {"hosts": {"gone": {"ansible_host": "127.0.0.1", "ansible_port": 1}}}}
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    base = {"entry_point": "hello:create_app()", "server_names": ["x"]}
+    apps = [
+        {**base, "name": "hello", "src": str(tmp_path / "not-here")},
+        {**base, "name": "other", "src": str(tmp_path / "not-here-either"), "server_names": ["y"]},
+    ]
+    (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump({"flaskstack_apps": apps}))
+    pushed = fab("deploy", "--inventory", str(inventory), "--app", "hello", "--src", str(ROOT / "app"))
+    assert pushed.returncode == 1, pushed.stdout + pushed.stderr
+    assert "gone (127.0.0.1:1) is unreachable" in pushed.stdout + pushed.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    wrong = fab("deploy", "--inventory", str(inventory), "--app", "hello", "--src", str(empty))
+    assert wrong.returncode == 2
+    assert f"flaskstack_apps[0].requirements (hello): {empty}/requirements.txt does not exist" in wrong.stderr
+    assert "other" not in wrong.stderr

@@ -9,17 +9,18 @@ from ansible.errors import AnsibleError
 from ansible.plugins.lookup import LookupBase
 
 try:
-    from flaskstack import packaging
+    from flaskstack import model, packaging
 except ImportError:  # ansible-playbook from elsewhere: the package lies beside roles/
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from flaskstack import packaging
+    from flaskstack import model, packaging
 
 DOCUMENTATION = r"""
 name: flaskstack_wheelhouse
 short_description: Build (once) an app's wheelhouse for a target Python and architecture
 description:
   - Downloads binary wheels for the app's requirements and server packages into the control
-    node's cache unless they are there already; returns C(key), C(path) and C(archive).
+    node's cache unless they are there already; returns C(key), C(path), C(archive) and
+    C(upload) (where the host gets the archive).
   - Keyword arguments C(app) (a resolved app), C(python), C(architecture), C(platforms),
     C(pip_args), C(cache_dir).
 """
@@ -28,7 +29,7 @@ description:
 class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
         app = kwargs["app"]
-        try:
+        try:  # the model says where the host gets it
             key, folder = packaging.build_wheelhouse(
                 app["name"],
                 Path(app["src"]).resolve() / app["requirements"],
@@ -41,4 +42,7 @@ class LookupModule(LookupBase):
             )
         except packaging.WheelhouseError as exc:
             raise AnsibleError(str(exc)) from None
-        return [{"key": key, "path": str(folder), "archive": str(packaging.wheelhouse_archive(folder))}]
+        archive = str(packaging.wheelhouse_archive(folder))
+        return [
+            {"key": key, "path": str(folder), "archive": archive, "upload": model.wheelhouse_upload(app, key)}
+        ]
