@@ -24,6 +24,16 @@ def fab(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+def unreachable_inventory(tmp_path: Path, apps: list[dict]) -> Path:
+    """An inventory of one host, "gone", where nothing listens (127.0.0.1:1), with these apps."""
+    inventory = tmp_path / "inv"
+    (inventory / "group_vars").mkdir(parents=True, exist_ok=True)
+    hosts = {"flaskstack": {"hosts": {"gone": {"ansible_host": "127.0.0.1", "ansible_port": 1}}}}
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump({"flaskstack_apps": apps}))
+    return inventory
+
+
 def test_the_demo_inventory_gives_the_demo_host_and_its_app():
     (host,) = fabfile.load_inventory(str(ROOT / "inventory" / "local"))
     assert (host.name, host.address, host.port, host.user) == ("demo", "127.0.0.1", 2222, "root")
@@ -84,18 +94,13 @@ def test_fab_list_and_help_explain_every_task():
 
 
 def test_an_unreachable_host_stops_the_deploy_before_anything(tmp_path):
-    inventory = tmp_path / "inv"
-    (inventory / "group_vars").mkdir(parents=True)
-    hosts = {"flaskstack": {"hosts": {"gone": {"ansible_host": "127.0.0.1", "ansible_port": 1}}}}
-    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
     app = {
         "name": "hello",
         "src": str(ROOT / "app"),
         "entry_point": "hello:create_app()",
         "server_names": ["x"],
     }
-    (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump({"flaskstack_apps": [app]}))
-    result = fab("deploy", "--inventory", str(inventory))
+    result = fab("deploy", "--inventory", str(unreachable_inventory(tmp_path, [app])))
     assert result.returncode == 1
     assert "gone (127.0.0.1:1) is unreachable" in result.stdout + result.stderr
     assert "== package" not in result.stdout
@@ -120,10 +125,6 @@ def test_bad_arguments_are_named(args, message):
 def test_fab_deploy_checks_what_it_pushes_and_reads_nothing_else(tmp_path):
     """The app model's source checks stop fab deploy before any connection; the keys a code
     push does not read (env, secrets) are not templated, so a vault it lacks does not matter."""
-    inventory = tmp_path / "inv"
-    (inventory / "group_vars").mkdir(parents=True)
-    hosts = {"flaskstack": {"hosts": {"gone": {"ansible_host": "127.0.0.1", "ansible_port": 1}}}}
-    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
     app = {
         "name": "hello",
         "src": str(tmp_path / "nonexistent"),
@@ -132,16 +133,14 @@ def test_fab_deploy_checks_what_it_pushes_and_reads_nothing_else(tmp_path):
         "env": {"DATABASE_URL": "{{ vault_database_url }}"},
         "secret_env": {"FLASK_SECRET_KEY": "{{ vault_not_given }}"},
     }
-    (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump({"flaskstack_apps": [app]}))
-    result = fab("deploy", "--inventory", str(inventory))
+    result = fab("deploy", "--inventory", str(unreachable_inventory(tmp_path, [app])))
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert f"flaskstack_apps[0].src (hello): {tmp_path / 'nonexistent'} is not a directory" in output
     assert "unreachable" not in output and "Traceback" not in output
     # With the source in place, the same inventory gets as far as the host.
     app["src"] = str(ROOT / "app")
-    (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump({"flaskstack_apps": [app]}))
-    result = fab("deploy", "--inventory", str(inventory))
+    result = fab("deploy", "--inventory", str(unreachable_inventory(tmp_path, [app])))
     assert result.returncode == 1 and "gone (127.0.0.1:1) is unreachable" in result.stdout + result.stderr
 
 
@@ -188,16 +187,12 @@ def test_fab_and_ansible_name_the_same_release(tmp_path):
 def test_fab_deploy_checks_only_what_it_pushes(tmp_path):
     """--app: another app's missing source does not matter; --src: the folder given is checked,
     not the inventory's (which may not exist on this machine)."""
-    inventory = tmp_path / "inv"
-    (inventory / "group_vars").mkdir(parents=True)
-    hosts = {"flaskstack": {"hosts": {"gone": {"ansible_host": "127.0.0.1", "ansible_port": 1}}}}
-    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
     base = {"entry_point": "hello:create_app()", "server_names": ["x"]}
     apps = [
         {**base, "name": "hello", "src": str(tmp_path / "not-here")},
         {**base, "name": "other", "src": str(tmp_path / "not-here-either"), "server_names": ["y"]},
     ]
-    (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump({"flaskstack_apps": apps}))
+    inventory = unreachable_inventory(tmp_path, apps)
     pushed = fab("deploy", "--inventory", str(inventory), "--app", "hello", "--src", str(ROOT / "app"))
     assert pushed.returncode == 1, pushed.stdout + pushed.stderr
     assert "gone (127.0.0.1:1) is unreachable" in pushed.stdout + pushed.stderr
