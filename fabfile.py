@@ -1,4 +1,4 @@
-"""flaskstack's code pushes: `fab deploy`, `fab rollback`, `fab releases`, `fab status`, `fab logs`.
+"""flaskstack's code pushes: `fab deploy`, `rollback`, `releases`, `status`, `logs`, `run`.
 
 `ansible-playbook site.yml` provisions a host and deploys; `fab deploy` pushes a
 code change to hosts it provisioned, in seconds. Both read the same inventory
@@ -11,6 +11,7 @@ the app role): this file only packages, uploads and calls it.
     fab rollback                    # back to the previous release
     fab rollback --release 3f2a9c0e1b7d
     fab releases | fab status | fab logs
+    fab run 'flask --app hello db current'   # a one-off command, as the app runs
 
 A deploy runs in phases, each on every host at once, and stops before the next
 phase when any host fails: connect (and read what the host has), package on this
@@ -28,6 +29,7 @@ import os
 import shlex
 import socket
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -434,6 +436,42 @@ def status(c, inventory=DEFAULT_INVENTORY, app="", limit="", vault_password_file
     for host in hosts:
         for a in selected(host, app):
             say(host.name, remote(host, [TOOL, "status", a["name"]], "status"))
+
+
+@task(
+    positional=["command"],
+    help={
+        **INVENTORY_HELP,
+        "command": "the command, as one argument: fab run 'flask --app hello routes'",
+        "app": "the app (needed when the host serves more than one)",
+        "limit": "the host (default: the first host of the group flaskstack)",
+    },
+)
+def run(c, command, inventory=DEFAULT_INVENTORY, app="", limit="", vault_password_file=""):
+    """Run a one-off command in an app's live release on one host, as the app runs.
+
+    As the app user, with the app's environment and its service's sandbox, in the
+    live release (`flask --app hello db current`, a data fix, a shell script of the
+    app's); its output is streamed and its exit status is fab's. Standard input
+    is not passed on: for an interactive shell, SSH to the host and run
+    `flaskstack-release run APP -- COMMAND` there.
+    """
+    if not command.strip():
+        raise Exit("fab run: give the command, for example: fab run 'flask --app hello routes'", code=2)
+    hosts = open_hosts(inventory, limit, vault_password_file, app)
+    host = hosts[0]
+    apps = selected(host, app)
+    if len(apps) != 1:
+        names = ", ".join(a["name"] for a in apps)
+        raise Exit(f"fab run: {host.name} serves {names}: say which with --app", code=2)
+    argv = [TOOL, "run", apps[0]["name"], "--", *shlex.split(command)]
+    line = shlex.join(argv)
+    if host.become and host.user != "root":
+        line = "sudo -n " + line
+    print(f"[{host.name}] {apps[0]['name']}: {command}", file=sys.stderr, flush=True)
+    result = host.connection.run(line, warn=True, hide=False, in_stream=False)
+    if result.exited != 0:
+        raise Exit(code=result.exited)
 
 
 @task(help={**INVENTORY_HELP, "lines": "how many journal lines per app (default 50)"})

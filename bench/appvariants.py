@@ -36,6 +36,17 @@ def breaks_health(src: Path) -> None:
     init.write_text(init.read_text().replace("200 if healthy else 503", "503"))
 
 
+def lists_interfaces(src: Path) -> None:
+    """The factory lists the host's network interfaces (netlink): fine for the app user,
+    refused by the service's sandbox (RestrictAddressFamilies)."""
+    init = src / "hello" / "__init__.py"
+    text = init.read_text().replace("def create_app(", "def _create_app(", 1)
+    init.write_text(
+        text + "\n\ndef create_app(*args, **kwargs):\n    import socket\n\n"
+        "    socket.if_nameindex()\n    return _create_app(*args, **kwargs)\n"
+    )
+
+
 def adds_requirement(requirement: str) -> Callable[[Path], None]:
     """A change that adds a line to requirements.txt."""
 

@@ -14,6 +14,7 @@ the tool elsewhere.
     flaskstack-release info
     flaskstack-release prepare  APP ID --archive FILE --wheelhouse KEY [--wheelhouse-archive FILE]
     flaskstack-release migrate  APP ID
+    flaskstack-release run      APP -- COMMAND [ARGS...]
     flaskstack-release activate APP ID [--skip-migrate] [--note TEXT]
     flaskstack-release rollback APP [ID]
     flaskstack-release releases APP [--json]
@@ -65,6 +66,10 @@ RELEASE_SETTINGS = "release.json"
 # A wheelhouse's copy of the app server's requirements, the last file written into it.
 WHEELHOUSE_COMPLETE = "server-requirements.txt"
 VENV_MARKER = ".flaskstack-complete"
+# The lines of the service unit between these two are its sandbox
+# (templates/etc/systemd/system/app.service.j2 writes them).
+SANDBOX_BEGIN = "# --- sandbox: every gate and `flaskstack-release run` get these lines too ---"
+SANDBOX_END = "# --- end of sandbox ---"
 INIT_MARKER = ".flaskstack-init-done"
 
 # Run inside the release's venv as the app user: build the app as its app server
@@ -257,24 +262,46 @@ def run(argv: list[str], what: str, **kwargs) -> str:
     return result.stdout.strip()
 
 
-def in_release(app: App, release: str, argv: list[str], what: str) -> str:
-    """Run a command in a release as the app user, with the app's environment."""
+def sandbox(app: App) -> list[str]:
+    """The service unit's sandbox, as its own lines say it (between SANDBOX_BEGIN and
+    SANDBOX_END): the one list, which the gates and `run` get as systemd-run properties,
+    so what would fail in the service fails before the switch."""
+    lines, inside = [], False
+    for line in Path(app.cfg["service_unit_file"]).read_text().splitlines():
+        text = line.strip()
+        if text == SANDBOX_BEGIN:
+            inside = True
+        elif text == SANDBOX_END:
+            return lines
+        elif inside and text and not text.startswith("#"):
+            lines.append(text)
+    raise ReleaseError(
+        f"{app.name}: no sandbox in {app.cfg['service_unit_file']} (run ansible-playbook site.yml)"
+    )
+
+
+def release_command(app: App, release: str, argv: list[str]) -> tuple[list[str], dict]:
+    """A command in a release as the app user, with the app's environment and the
+    service's sandbox: (argv, subprocess keyword arguments)."""
     rel = app.release_dir(release)
     path = f"{rel}/{VENV}/bin:/usr/local/bin:/usr/bin:/bin"
     if app.isolation == "none":
         env = {"PATH": path, "HOME": str(rel), "LANG": "C.UTF-8", **read_env_file(app)}
-        return run(argv, what, cwd=rel, env=env)
-    return run(
-        [
-            "systemd-run", "--quiet", "--wait", "--pipe", "--collect",
-            f"--uid={app.user}", f"--gid={app.cfg['group']}",
-            f"--property=EnvironmentFile={app.cfg['env_file']}",
-            f"--property=WorkingDirectory={rel}", f"--setenv=PATH={path}",
-            "--", *argv,
-        ],
-        what,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        return argv, {"cwd": rel, "env": env}
+    return [
+        "systemd-run", "--quiet", "--wait", "--pipe", "--collect",
+        f"--uid={app.user}", f"--gid={app.cfg['group']}",
+        f"--property=EnvironmentFile={app.cfg['env_file']}",
+        f"--property=WorkingDirectory={rel}", f"--setenv=PATH={path}",
+        *[f"--property={line}" for line in sandbox(app)],
+        "--", *argv,
+    ], {}  # fmt: skip
+
+
+def in_release(app: App, release: str, argv: list[str], what: str) -> str:
+    """Run a command in a release (release_command), its output captured."""
+    command, kwargs = release_command(app, release, argv)
+    return run(command, what, stdin=subprocess.DEVNULL, **kwargs)
 
 
 def read_env_file(app: App) -> dict[str, str]:
@@ -527,6 +554,22 @@ def migrate(app: App, release: str) -> str:
     return (out.splitlines() or [command])[-1][:120]
 
 
+def cmd_run(args) -> int:
+    """A one-off command in the live release, as the app does: its user, environment and
+    sandbox; output streamed, exit status passed through."""
+    app = App(args.app, args.config_dir)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise ReleaseError(
+            "run: give the command after --, for example: run hello -- flask --app hello routes"
+        )
+    live = app.live()
+    if live is None:
+        raise ReleaseError(f"{app.name}: no live release to run {command[0]} in")
+    argv, kwargs = release_command(app, live, command)
+    return subprocess.run(argv, check=False, **kwargs).returncode
+
+
 def cmd_migrate(args) -> int:
     app = App(args.app, args.config_dir)
     with app.lock():
@@ -723,6 +766,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--wheelhouse-archive", help="the wheelhouse as a tar, unpacked if the key is missing")
     s.add_argument("--remove-archive", action="store_true", help="delete the uploaded archives once used")
     s.set_defaults(func=cmd_prepare)
+    s = sub.add_parser("run", help="a command in the live release, as the app (user, environment, sandbox)")
+    s.add_argument("app")
+    s.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
+    s.set_defaults(func=cmd_run)
     s = sub.add_parser("migrate", help="run the migrate command in a prepared release")
     s.add_argument("app")
     s.add_argument("release")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.appvariants import adds_requirement, breaks_health, variant
+from bench.appvariants import adds_requirement, breaks_health, lists_interfaces, variant
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "http://127.0.0.1:8080"
@@ -107,6 +107,30 @@ def test_a_release_whose_health_check_fails_never_serves(demo, tmp_path):
     assert "does not answer /healthz before the switch" in result.output
     assert "503" in result.output
     assert page() == before
+
+
+def test_a_release_that_only_the_sandbox_refuses_never_switches(demo, tmp_path):
+    """The gates run with the service's own sandbox: an app that the sandbox stops (here, it
+    lists network interfaces over netlink) fails its check, not its restart after the switch."""
+    before = page()
+    result = fab(
+        "deploy", "--app", "hello", "--src", str(variant(tmp_path, f"netlink-{RUN}", lists_interfaces))
+    )
+    assert result.returncode == 1
+    assert "does not build its app (hello:create_app())" in result.output
+    assert "Address family not supported by protocol" in result.output
+    assert re.search(r"nothing switched: [0-9a-f]{12} still live", result.output)
+    assert page() == before
+
+
+def test_fab_run_runs_a_command_as_the_app(demo):
+    routes = fab("run", "flask --app hello routes")
+    assert routes.returncode == 0, routes.output
+    assert "/healthz" in routes.stdout
+    who = fab("run", "sh -c 'id -un; touch current-release-is-read-only; exit 3'")
+    assert who.returncode == 3, who.output
+    assert who.stdout.splitlines()[0] == "hello"
+    assert "Read-only file system" in who.output or "Permission denied" in who.output
 
 
 def test_requirements_that_cannot_be_resolved_fail_on_the_control_node(demo, tmp_path):

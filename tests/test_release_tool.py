@@ -211,6 +211,35 @@ def test_shared_paths_outlive_releases(host):
     assert list((host.home / "releases" / second / "siteapp" / "__pycache__").glob("*.pyc"))
 
 
+def test_run_is_a_command_in_the_live_release_as_the_app(host):
+    assert "no live release" in host.tool("run", "site", "--", "true").stderr
+    first = host.release("one")
+    assert host.tool("activate", "site", first).returncode == 0
+    result = host.tool("run", "site", "--", "sh", "-c", 'echo "$MARK in $PWD"; echo oops >&2; exit 3')
+    assert result.returncode == 3
+    assert result.stdout == f"from the env file in {host.home / 'releases' / first}\n"
+    assert result.stderr == "oops\n"
+    assert "give the command" in host.tool("run", "site").stderr
+
+
+def test_the_sandbox_is_read_from_the_service_unit(host):
+    from flaskstack import release
+
+    unit = host.tmp / "site.service"
+    unit.write_text(
+        "[Service]\nUser=site\nExecStart=/bin/true\n"
+        f"{release.SANDBOX_BEGIN}\nProtectSystem=strict\n# a comment\n\nCapabilityBoundingSet=\n"
+        f"{release.SANDBOX_END}\nRestart=on-failure\n"
+    )
+    host.write_settings(service_unit_file=str(unit))
+    app = release.App("site", host.config_dir)
+    assert release.sandbox(app) == ["ProtectSystem=strict", "CapabilityBoundingSet="]
+    # The template writes exactly the markers the tool looks for.
+    template = (ROOT / "templates" / "etc" / "systemd" / "system" / "app.service.j2").read_text()
+    assert release.SANDBOX_BEGIN in template.splitlines()
+    assert release.SANDBOX_END in template.splitlines()
+
+
 def test_activating_the_live_release_changes_nothing(host):
     first = host.release("one")
     host.tool("activate", "site", first)
