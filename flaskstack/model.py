@@ -211,6 +211,8 @@ def _settings(app: dict) -> str:
         return f"static_dir ({n}) is {_json(static_dir)}: use a folder relative to src, without '..'."
     if not HEALTH_PATH_RE.match(str(app.get("health_path"))):
         return f"health_path ({n}) is {_json(app.get('health_path'))}: it must start with '/'."
+    if not _at_least_one(app.get("keep_backups", 1)):
+        return f"keep_backups ({n}) is {_json(app.get('keep_backups'))}: keep at least 1."
     keys = list(app.get("env") or {}) + list(app.get("secret_env") or {})
     bad = [k for k in keys if not ENV_KEY_RE.match(str(k))]
     if bad:
@@ -390,6 +392,8 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         "writable_paths": [f"{home}/shared/data"] + [item["target"] for item in shared],
         "wheelhouse_dir": f"{home}/wheelhouse",
         "upload_dir": f"{home}/incoming",
+        # Copies of the app's SQLite databases (and backup_command's output) before each migration.
+        "backups_dir": f"{home}/backups",
         "history_file": f"{home}/history.jsonl",
         "lock_file": f"{home}/.flaskstack-release.lock",
         "config_dir": config,

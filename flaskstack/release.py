@@ -53,6 +53,7 @@ import platform
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -546,12 +547,65 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def backup(app: App, release: str) -> Path:
+    """A consistent copy, before a migration, of every SQLite database in the app's writable
+    paths (SQLite's online backup), and the standard output of backup_command (for another
+    database: `pg_dump "$DATABASE_URL"`), in <home>/backups/<time>-before-<release>/, root's
+    only. The newest keep_backups are kept."""
+    folder = Path(app.cfg["backups_dir"]) / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-before-{release}"
+    folder.mkdir(parents=True, mode=0o700)
+    os.chmod(folder.parent, 0o700)
+    for root in map(Path, app.cfg["writable_paths"]):
+        files = (
+            [root]
+            if root.is_file()
+            else sorted(p for p in root.rglob("*") if p.is_file())
+            if root.is_dir()
+            else []
+        )
+        for path in files:
+            with path.open("rb") as head:
+                if head.read(16) != SQLITE_MAGIC:
+                    continue
+            copy = folder / path.relative_to(app.home)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                with contextlib.closing(sqlite3.connect(copy)) as target:
+                    source.backup(target)
+            finally:
+                source.close()
+    command = app.cfg["backup_command"]
+    if command:
+        argv, kwargs = release_command(app, release, ["/bin/sh", "-ec", command])
+        with (folder / "backup_command.out").open("wb") as out:
+            result = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, check=False, **kwargs)
+        if result.returncode != 0:
+            detail = result.stderr.decode("utf-8", "replace").strip().splitlines()[-12:]
+            raise ReleaseError(
+                f"{app.name}: backup_command failed: exit {result.returncode}\n    " + "\n    ".join(detail)
+            )
+    kept = sorted(p for p in folder.parent.iterdir() if p.is_dir())
+    for old in kept[: max(0, len(kept) - int(app.cfg["keep_backups"]))]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 def migrate(app: App, release: str) -> str:
     command = app.cfg.get("migrate_command") or ""
     if not command:
         return "no migrate_command"
-    out = in_release(app, release, ["/bin/sh", "-ec", command], f"{app.name}: migrate_command failed")
-    return (out.splitlines() or [command])[-1][:120]
+    saved = backup(app, release)
+    try:
+        out = in_release(app, release, ["/bin/sh", "-ec", command], f"{app.name}: migrate_command failed")
+    except ReleaseError as exc:
+        raise ReleaseError(
+            f"{exc}\n  the data as it was before: {saved} (README: restore a backup)"
+        ) from None
+    return f"backup {saved.name}; " + (out.splitlines() or [command])[-1][:100]
 
 
 def cmd_run(args) -> int:

@@ -79,6 +79,10 @@ class Host:
             **{k: paths[k] for k in ("home", "releases_dir", "current", "shared_dir")},
             **{k: paths[k] for k in ("wheelhouse_dir", "history_file", "lock_file", "env_file", "socket")},
             "shared": paths["shared"],
+            "writable_paths": paths["writable_paths"],
+            "backups_dir": paths["backups_dir"],
+            "backup_command": "",
+            "keep_backups": 2,
             "user": os.environ.get("USER", "root"),
             "group": "unused",
             "service": "site.service",
@@ -238,6 +242,36 @@ def test_the_sandbox_is_read_from_the_service_unit(host):
     template = (ROOT / "templates" / "etc" / "systemd" / "system" / "app.service.j2").read_text()
     assert release.SANDBOX_BEGIN in template.splitlines()
     assert release.SANDBOX_END in template.splitlines()
+
+
+def test_a_migration_is_preceded_by_a_backup_of_each_sqlite_database(host):
+    """Before migrate_command: a consistent copy of every SQLite database in the writable paths
+    and backup_command's output; the newest keep_backups kept; a failed migration names it."""
+    import sqlite3
+
+    database = host.home / "shared" / "instance" / "app.db"
+    with sqlite3.connect(database) as db:
+        db.execute("create table visit (n)")
+        db.execute("insert into visit values (1)")
+    (host.home / "shared" / "instance" / "notes.txt").write_text("not a database")
+    host.write_settings(migrate_command="echo migrated", backup_command="echo dump of $MARK")
+    backups = host.home / "backups"
+    for label in ("one", "two", "three"):
+        result = host.tool("activate", "site", host.release(label))
+        assert result.returncode == 0, result.stderr
+        assert "backup " in result.stdout
+    kept = sorted(backups.iterdir())
+    assert len(kept) == 2  # keep_backups
+    copy = kept[-1] / "shared" / "instance" / "app.db"
+    with sqlite3.connect(copy) as db:
+        assert db.execute("select n from visit").fetchall() == [(1,)]
+    assert not (kept[-1] / "shared" / "instance" / "notes.txt").exists()
+    assert (kept[-1] / "backup_command.out").read_text() == "dump of from the env file\n"
+    host.write_settings(migrate_command="echo half-way; exit 4")
+    failed = host.tool("activate", "site", host.release("four"))
+    assert failed.returncode == 1
+    newest = sorted(backups.iterdir())[-1]
+    assert f"the data as it was before: {newest}" in failed.stderr
 
 
 def test_activating_the_live_release_changes_nothing(host):
