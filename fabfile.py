@@ -230,8 +230,9 @@ def remote(host: Host, argv: list[str], what: str, check: bool = True) -> str:
     return result.stdout
 
 
-def on_every_host(hosts: list[Host], work, title: str) -> list[str]:
-    """Run work(host) on every host at once; the errors, one message per host."""
+def on_every_host(hosts: list[Host], work, title: str, timing=sys.stdout) -> list[str]:
+    """Run work(host) on every host at once; the errors, one message per host. The phase's
+    time goes to timing (stderr where stdout is a command's own output: fab run)."""
     start = time.monotonic()
     errors = []
     with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
@@ -243,7 +244,7 @@ def on_every_host(hosts: list[Host], work, title: str) -> list[str]:
                 errors.append(str(exc))
                 say(host.name, f"FAILED: {exc}")
     with _print_lock:
-        print(f"== {title}: {time.monotonic() - start:.2f}s", flush=True)
+        print(f"== {title}: {time.monotonic() - start:.2f}s", file=timing, flush=True)
     return errors
 
 
@@ -255,13 +256,21 @@ def selected(host: Host, app: str) -> list[dict]:
 
 
 def open_hosts(
-    inventory: str, limit: str, vault_password_file: str, app: str = "", src: str | None = None
+    inventory: str,
+    limit: str,
+    vault_password_file: str,
+    app: str = "",
+    src: str | None = None,
+    timing=sys.stdout,
+    one: bool = False,
 ) -> list[Host]:
-    """The hosts, connected and asked what they have. With src (a code push: "" for the
-    inventory's own source, else the folder given), the app model's checks of what is
-    pushed come first: each selected app's source, requirements and entry point."""
+    """The hosts (with one, the first only), connected and asked what they have. With src (a
+    code push: "" for the inventory's own source, else the folder given), the app model's
+    checks of what is pushed come first: each selected app's source folder and requirements."""
     try:
         hosts = load_inventory(inventory, limit, vault_password_file)
+        if one:
+            hosts = hosts[:1]
         for host in hosts:
             selected(host, app)
             if src is not None:
@@ -281,7 +290,7 @@ def open_hosts(
                     "run ansible-playbook site.yml first"
                 )
 
-    errors = on_every_host(hosts, open_one, "connect")
+    errors = on_every_host(hosts, open_one, "connect", timing)
     if errors:
         raise Exit("fab: " + "\n".join(errors), code=1)
     return hosts
@@ -458,7 +467,7 @@ def run(c, command, inventory=DEFAULT_INVENTORY, app="", limit="", vault_passwor
     """
     if not command.strip():
         raise Exit("fab run: give the command, for example: fab run 'flask --app hello routes'", code=2)
-    hosts = open_hosts(inventory, limit, vault_password_file, app)
+    hosts = open_hosts(inventory, limit or "", vault_password_file, app, timing=sys.stderr)
     host = hosts[0]
     apps = selected(host, app)
     if len(apps) != 1:

@@ -151,8 +151,9 @@ def name_errors(apps: list) -> list[str]:
 
 
 def source_errors(apps: list, defaults: dict, only: str = "", src: str = "") -> list[str]:
-    """What a code push needs of each present app: its source, requirements and entry point's
-    module on the control node (fab deploy checks only these: it reads no other setting).
+    """What a code push needs of each present app on the control node: its source folder and
+    requirements (fab deploy reads no other setting). Whether the entry point's module is
+    there is the host's check gate's to say: it says why in the app's own words.
     only: just this app; src: its source is this folder instead (fab deploy --src)."""
     errors = []
     for i, raw in enumerate(apps):
@@ -167,7 +168,7 @@ def source_errors(apps: list, defaults: dict, only: str = "", src: str = "") -> 
             if not isinstance(src, str) or not src
             else f"entry_point ({n}) is {_json(str(entry))}: use module:callable."
             if not isinstance(entry, str) or not ENTRY_POINT_RE.match(entry)
-            else _source(app)
+            else _source(app, modules=False)
         )  # fmt: skip
         if problem:
             errors.append(f"flaskstack_apps[{i}].{problem}")
@@ -220,8 +221,9 @@ def _settings(app: dict) -> str:
     return ""
 
 
-def _source(app: dict) -> str:
-    """The first problem of a present app's source tree on the control node, or ''."""
+def _source(app: dict, modules: bool = True) -> str:
+    """The first problem of a present app's source tree on the control node, or ''.
+    modules=False: the entry point's module is left to the host's check gate."""
     n = app["name"]
     src = Path(app["src"]).resolve()
     if not src.is_dir():
@@ -230,7 +232,7 @@ def _source(app: dict) -> str:
         return f"requirements ({n}): {src}/{app['requirements']} does not exist."
     module = app["entry_point"].split(":")[0]
     path = module.replace(".", "/")
-    if not (src / f"{path}.py").is_file() and not (src / path / "__init__.py").is_file():
+    if modules and not (src / f"{path}.py").is_file() and not (src / path / "__init__.py").is_file():
         return (
             f"entry_point ({n}): module {_json(module)} is not in {src} (no {path}.py or {path}/__init__.py)."
         )

@@ -281,11 +281,16 @@ def sandbox(app: App) -> list[str]:
     )
 
 
+def release_path(app: App, release: str) -> str:
+    """The PATH of commands in a release: its venv's programs first."""
+    return f"{app.release_dir(release)}/{VENV}/bin:/usr/local/bin:/usr/bin:/bin"
+
+
 def release_command(app: App, release: str, argv: list[str]) -> tuple[list[str], dict]:
     """A command in a release as the app user, with the app's environment and the
     service's sandbox: (argv, subprocess keyword arguments)."""
     rel = app.release_dir(release)
-    path = f"{rel}/{VENV}/bin:/usr/local/bin:/usr/bin:/bin"
+    path = release_path(app, release)
     if app.isolation == "none":
         env = {"PATH": path, "HOME": str(rel), "LANG": "C.UTF-8", **read_env_file(app)}
         return argv, {"cwd": rel, "env": env}
@@ -620,7 +625,11 @@ def cmd_run(args) -> int:
     live = app.live()
     if live is None:
         raise ReleaseError(f"{app.name}: no live release to run {command[0]} in")
-    argv, kwargs = release_command(app, live, command)
+    # As a shell would find it, with the PATH the command gets: the release's venv first.
+    found = shutil.which(command[0], path=release_path(app, live))
+    if found is None:
+        raise ReleaseError(f"{app.name}: no command {command[0]} in release {live}'s venv or the system")
+    argv, kwargs = release_command(app, live, [found, *command[1:]])
     return subprocess.run(argv, check=False, **kwargs).returncode
 
 
