@@ -467,7 +467,7 @@ def run(c, command, inventory=DEFAULT_INVENTORY, app="", limit="", vault_passwor
     """
     if not command.strip():
         raise Exit("fab run: give the command, for example: fab run 'flask --app hello routes'", code=2)
-    hosts = open_hosts(inventory, limit or "", vault_password_file, app, timing=sys.stderr)
+    hosts = open_hosts(inventory, limit, vault_password_file, app, timing=sys.stderr, one=True)
     host = hosts[0]
     apps = selected(host, app)
     if len(apps) != 1:
