@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from flaskstack import templates
+from flaskstack import packaging, templates
 from flaskstack.release import RELEASE_SETTINGS, REVISION, VENV
 
 # Where the on-host tool lives. The module (flaskstack/release.py, standard
@@ -230,6 +230,10 @@ def _source(app: dict, modules: bool = True) -> str:
         return f"src ({n}): {src} is not a directory on the control node."
     if not (src / app["requirements"]).is_file():
         return f"requirements ({n}): {src}/{app['requirements']} does not exist."
+    try:
+        packaging.read_requirements(src / app["requirements"])
+    except packaging.WheelhouseError as exc:
+        return f"requirements ({n}): {exc}."
     module = app["entry_point"].split(":")[0]
     path = module.replace(".", "/")
     if modules and not (src / f"{path}.py").is_file() and not (src / path / "__init__.py").is_file():

@@ -22,6 +22,7 @@ import fnmatch
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,46 @@ class WheelhouseError(Exception):
     """pip could not find wheels for the target: the message carries pip's reason."""
 
 
+CONSTRAINTS = "constraints.txt"
+_INCLUDE = re.compile(r"^(-r|--requirement|-c|--constraint)(?:\s+|=)(\S+)$")
+
+
+def read_requirements(path: Path, _seen: frozenset = frozenset()) -> tuple[str, str]:
+    """A requirements file as one: (requirement lines, constraint lines), its `-r` includes
+    inlined and its `-c` files gathered (paths relative to the file that names them, as pip
+    reads them), continuation lines joined, comments dropped. `--hash` pins stay on their line."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise WheelhouseError(f"cannot read {path}: {exc.strerror}") from None
+    requirements, constraints = [], []
+    for line in re.sub(r"\\\n", " ", text).splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", line).strip()
+        if not line:
+            continue
+        include = _INCLUDE.match(line)
+        if not include:
+            requirements.append(" ".join(line.split()))
+            continue
+        target = (path.parent / include.group(2)).resolve()
+        if not target.is_file():
+            raise WheelhouseError(f"{path} includes {include.group(2)}, which does not exist ({target})")
+        if target in _seen:
+            continue
+        reqs, cons = read_requirements(target, _seen | {path.resolve(), target})
+        if include.group(1) in ("-r", "--requirement"):
+            requirements += reqs.splitlines()
+            constraints += cons.splitlines()
+        else:
+            constraints += (reqs + cons).splitlines()
+    return "".join(f"{r}\n" for r in requirements), "".join(f"{c}\n" for c in constraints)
+
+
+def hashed(requirements: str) -> bool:
+    """pip's hash-checking mode: any --hash pin turns it on for every requirement installed with it."""
+    return "--hash" in requirements
+
+
 def wheelhouse_key(requirements: bytes, packages: list[str], python: str, architecture: str) -> str:
     digest = hashlib.sha256(requirements + b"\0" + "\n".join(packages).encode()).hexdigest()[:12]
     return f"cp{python.replace('.', '')}-{architecture}-{digest}"
@@ -127,10 +168,12 @@ def build_wheelhouse(
 ) -> tuple[str, Path]:
     """Return (key, folder) of the app's wheelhouse, downloading it unless it is complete."""
     try:
-        content = requirements.read_bytes()
-    except OSError as exc:
-        raise WheelhouseError(f"{name}: cannot read {requirements}: {exc.strerror}") from None
-    key = wheelhouse_key(content, packages, python, architecture)
+        reqs, cons = read_requirements(requirements)
+    except WheelhouseError as exc:
+        raise WheelhouseError(f"{name}: {exc}") from None
+    if cons:
+        reqs += f"-c {CONSTRAINTS}\n"
+    key = wheelhouse_key(f"{reqs}\0{cons}".encode(), packages, python, architecture)
     folder = cache_dir / "wheelhouse" / name / key
     if (folder / SERVER_REQUIREMENTS).is_file():
         return key, folder
@@ -138,22 +181,30 @@ def build_wheelhouse(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        (partial / REQUIREMENTS).write_bytes(content)
+        (partial / REQUIREMENTS).write_text(reqs)
+        if cons:
+            (partial / CONSTRAINTS).write_text(cons)
         (partial / "packages.txt").write_text("".join(f"{p}\n" for p in packages))
-        argv = [
+        download = [
             sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
             "--only-binary=:all:", "--implementation", "cp", "--python-version", python,
             *[arg for tag in platforms for arg in ("--platform", tag)],
             "--dest", str(partial), *pip_args,
-            "-r", str(partial / REQUIREMENTS), "-r", str(partial / "packages.txt"),
         ]  # fmt: skip
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            reason = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
-            raise WheelhouseError(
-                f"{name}: pip cannot get wheels of {requirements} for CPython {python} on "
-                f"{architecture}:\n{reason}"
-            )
+        # With --hash pins, the app server's packages (unpinned by hash) get a run of their own.
+        files = [REQUIREMENTS, "packages.txt"]
+        runs = [files[:1], files[1:]] if hashed(reqs) else [files]
+        for run in runs:
+            result = subprocess.run(
+                download + [arg for f in run for arg in ("-r", str(partial / f))],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if result.returncode != 0:
+                reason = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
+                raise WheelhouseError(
+                    f"{name}: pip cannot get wheels of {requirements} for CPython {python} on "
+                    f"{architecture}:\n{reason}"
+                )
         (partial / "packages.txt").rename(partial / SERVER_REQUIREMENTS)
         shutil.rmtree(folder, ignore_errors=True)  # an incomplete one
         try:

@@ -468,15 +468,18 @@ def build_venv(app: App, rel: Path, wheelhouse: Path, key: str) -> str:
     pip = pip_wheel()
     # Without ensurepip's copy of pip (3 s): pip runs from the system's wheel instead.
     run([python, "-m", "venv", *(["--without-pip"] if pip else []), str(venv)], "create the venv")
-    run(
-        [
-            str(venv / "bin/python"), *([f"{pip}/pip"] if pip else ["-m", "pip"]),
-            "install", "--quiet", "--no-index", "--no-cache-dir", "--disable-pip-version-check",
-            "--find-links", str(wheelhouse),
-            "-r", str(wheelhouse / "requirements.txt"), "-r", str(wheelhouse / WHEELHOUSE_COMPLETE),
-        ],
-        f"install the requirements from {wheelhouse}",
-    )  # fmt: skip
+    install = [
+        str(venv / "bin/python"), *([f"{pip}/pip"] if pip else ["-m", "pip"]),
+        "install", "--quiet", "--no-index", "--no-cache-dir", "--disable-pip-version-check",
+        "--find-links", str(wheelhouse),
+    ]  # fmt: skip
+    files = ["requirements.txt", WHEELHOUSE_COMPLETE]
+    # --hash pins put pip in hash-checking mode for all it installs at once: the app server's
+    # packages (pinned by version only) are installed by a run of their own.
+    hashes = "--hash" in (wheelhouse / files[0]).read_text()
+    for part in [files[:1], files[1:]] if hashes else [files]:
+        args = [arg for name in part for arg in ("-r", str(wheelhouse / name))]
+        run(install + args, f"install {' and '.join(part)} from {wheelhouse}")
     return f"installed from wheelhouse {key}"
 
 

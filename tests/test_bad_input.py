@@ -169,6 +169,11 @@ CASES = {
         {"flaskstack_apps": [app(shared_dirs=["../../etc"])]},
         r"flaskstack_apps\[0\]\.shared_dirs\[0\] \(hello\) is \"../../etc\": use a path inside the release",
     ),
+    "a requirements include that does not exist": (
+        {"flaskstack_apps": [app(src=str(ROOT / "tests" / "data" / "missing-include"))]},
+        r"flaskstack_apps\[0\]\.requirements \(hello\): .*requirements.txt includes base.txt, "
+        r"which does not exist",
+    ),
     "unknown worker class": (
         {"flaskstack_apps": [app(worker_class="eventlet")]},
         r"worker_class.*eventlet|eventlet.*worker_class",

@@ -91,3 +91,25 @@ def test_archive_is_built_once_per_id(src, tmp_path):
 def test_missing_source_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         build_release(tmp_path / "nope", "app", [], [], tmp_path / "cache")
+
+
+def test_requirements_includes_are_read_as_pip_reads_them(tmp_path):
+    from flaskstack.packaging import WheelhouseError, read_requirements, wheelhouse_key
+
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements" / "base.txt").write_text("flask==3.1.3 \\\n    --hash=sha256:aa  # pinned\n")
+    (tmp_path / "requirements" / "prod.txt").write_text("-r base.txt\n-c ../constraints.txt\ngunicorn\n")
+    (tmp_path / "constraints.txt").write_text("# only versions\nmarkupsafe<4\n")
+    reqs, cons = read_requirements(tmp_path / "requirements" / "prod.txt")
+    assert reqs == "flask==3.1.3 --hash=sha256:aa\ngunicorn\n"
+    assert cons == "markupsafe<4\n"
+    key = wheelhouse_key(f"{reqs}\0{cons}".encode(), [], "3.11", "x86_64")
+    # An included file's change is a new wheelhouse.
+    (tmp_path / "requirements" / "base.txt").write_text("flask==3.1.4\n")
+    reqs, cons = read_requirements(tmp_path / "requirements" / "prod.txt")
+    assert wheelhouse_key(f"{reqs}\0{cons}".encode(), [], "3.11", "x86_64") != key
+    (tmp_path / "constraints.txt").unlink()
+    with pytest.raises(
+        WheelhouseError, match=r"prod\.txt includes \.\./constraints\.txt, which does not exist"
+    ):
+        read_requirements(tmp_path / "requirements" / "prod.txt")

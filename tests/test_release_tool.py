@@ -45,19 +45,21 @@ def create_app():
 """
 
 
-def make_wheel(folder: Path) -> None:
-    """tinydep 1.0: one module and a console script, as a real wheel."""
-    info = "tinydep-1.0.dist-info"
+def make_wheel(folder: Path, name: str = "tinydep") -> Path:
+    """<name> 1.0: one module and a console script, as a real wheel."""
+    info = f"{name}-1.0.dist-info"
     files = {
-        "tinydep/__init__.py": "def main():\n    print('tinydep')\n",
-        f"{info}/METADATA": "Metadata-Version: 2.1\nName: tinydep\nVersion: 1.0\n",
+        f"{name}/__init__.py": f"def main():\n    print('{name}')\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
         f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        f"{info}/entry_points.txt": "[console_scripts]\ntinydep = tinydep:main\n",
+        f"{info}/entry_points.txt": f"[console_scripts]\n{name} = {name}:main\n",
     }
-    record = "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n"
-    with zipfile.ZipFile(folder / "tinydep-1.0-py3-none-any.whl", "w") as wheel:
-        for name, text in {**files, f"{info}/RECORD": record}.items():
-            wheel.writestr(name, text)
+    record = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
+    path = folder / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for member, text in {**files, f"{info}/RECORD": record}.items():
+            wheel.writestr(member, text)
+    return path
 
 
 class Host:
@@ -272,6 +274,21 @@ def test_a_migration_is_preceded_by_a_backup_of_each_sqlite_database(host):
     assert failed.returncode == 1
     newest = sorted(backups.iterdir())[-1]
     assert f"the data as it was before: {newest}" in failed.stderr
+
+
+def test_hash_pinned_requirements_install_beside_an_unpinned_app_server(host):
+    """--hash pins put pip in hash-checking mode; the app server's packages, pinned by version
+    only, must not break it: they are installed by a pip run of their own."""
+    import hashlib
+
+    wheelhouse = host.home / "wheelhouse" / WHEELHOUSE
+    digest = hashlib.sha256((wheelhouse / "tinydep-1.0-py3-none-any.whl").read_bytes()).hexdigest()
+    (wheelhouse / "requirements.txt").write_text(f"tinydep==1.0 --hash=sha256:{digest}\n")
+    make_wheel(wheelhouse, "serverdep")
+    (wheelhouse / "server-requirements.txt").write_text("serverdep==1.0\n")
+    release = host.release("hashed")
+    venv_bin = host.home / "releases" / release / "venv" / "bin"
+    assert (venv_bin / "tinydep").is_file() and (venv_bin / "serverdep").is_file()
 
 
 def test_activating_the_live_release_changes_nothing(host):
