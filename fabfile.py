@@ -147,6 +147,12 @@ def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "
         if not isinstance(raw_apps, list):
             raw_apps = templar.template(raw_apps)
         apps = [{k: templar.template(v) for k, v in raw.items() if k in FAB_KEYS} for raw in raw_apps]
+        for app, raw in zip(apps, raw_apps, strict=True):
+            # Config files' paths are part of a release (their links); their content is not read.
+            if isinstance(raw.get("config_files"), list):
+                app["config_files"] = [
+                    {"path": templar.template(c["path"])} for c in raw["config_files"] if isinstance(c, dict)
+                ]
         problems = model.name_errors(apps)
         if problems:
             raise DeployError(f"{host.name}: " + "\n".join(problems))

@@ -30,7 +30,11 @@ TOOL_MODULE = "/usr/local/lib/flaskstack/flaskstack_release.py"
 
 # The keys an app never carries into a fact, a template variable or -v output:
 # only the task that writes them reads them, from flaskstack_apps.
-SECRET_KEYS = ("secret_env", "tls_certificate_key")
+SECRET_KEYS = ("secret_env", "tls_certificate_key", "config_files")
+
+# The forms of a config file's content (config_files): a template of the inventory's,
+# or a dict rendered as Python assignments or as KEY="value" lines.
+CONFIG_FORMS = ("template", "python", "dotenv")
 
 # Each app server's settings file, in the app's config folder.
 SERVER_CONFIG = {"gunicorn": "gunicorn.conf.py", "uwsgi": "uwsgi.ini"}
@@ -114,8 +118,9 @@ def app_errors(apps: list, defaults: dict, keep_releases=UNSET, base_dir: str | 
         if not _present(app):
             continue
         problem = (
-            _settings(app) or _shared(app) or _source(app) or _certificate(app) or _snippets(app, base_dir)
-        )
+            _settings(app) or _shared(app) or _config_files(app, base_dir) or _source(app)
+            or _certificate(app) or _snippets(app, base_dir)
+        )  # fmt: skip
         if problem:
             errors.append(f"flaskstack_apps[{i}].{problem}")
         for host in app.get("server_names") or []:
@@ -267,11 +272,36 @@ def _certificate(app: dict) -> str:
 RELEASE_OWN = (VENV, REVISION)
 
 
+def config_paths(raw: dict) -> list[str]:
+    """The paths (in the release) of an app's config files."""
+    return [c.get("path") for c in raw.get("config_files") or [] if isinstance(c, dict)]
+
+
+def _config_files(app: dict, base_dir: str | None) -> str:
+    """The first malformed config file of a present app, or ''. Never shows a value."""
+    for j, config in enumerate(app.get("config_files") or []):
+        where = f"config_files[{j}] ({app['name']})"
+        forms = [form for form in CONFIG_FORMS if isinstance(config, dict) and form in config]
+        if not isinstance(config, dict) or not isinstance(config.get("path"), str) or len(forms) != 1:
+            return f"{where}: give a path and one of template, python (a dict) or dotenv (a dict)."
+        if forms != ["template"] and not isinstance(config[forms[0]], dict):
+            return f"{where}.{forms[0]} is not a dict of settings."
+        if forms == ["python"] and [k for k in config["python"] if not ENV_KEY_RE.match(str(k))]:
+            return f"{where}.python has keys that are not Python names."
+        if forms == ["template"] and not snippet_file(config["template"], base_dir).is_file():
+            return f"{where}.template: {snippet_file(config['template'], base_dir)} does not exist."
+    return ""
+
+
 def _shared(app: dict) -> str:
     """The first shared path of a present app that is not a plain path inside the release."""
     seen: list[str] = []
-    for key in ("shared_dirs", "shared_files"):
-        for j, path in enumerate(app.get(key) or []):
+    for key in ("shared_dirs", "shared_files", "config_files"):
+        paths = config_paths(app) if key == "config_files" else app.get(key) or []
+        dirs = [p for p in app.get("shared_dirs") or [] if isinstance(p, str)]
+        for j, path in enumerate(paths):
+            if key == "config_files" and any(str(path).startswith(d + "/") for d in dirs):
+                continue  # inside a shared folder: it needs no link of its own
             parts = str(path).split("/")
             where = f"{key}[{j}] ({app['name']})"
             if (
@@ -348,6 +378,8 @@ def resolve(
     for raw in apps:
         app = {k: v for k, v in merge(defaults, raw).items() if k not in SECRET_KEYS}
         app["secret_env_keys"] = list(raw.get("secret_env") or {})
+        # Only the paths of config files: their content may hold secrets.
+        app["config_paths"] = config_paths(raw)
         # src as the inventory gives it (for the site's comment), path to read it from.
         app["nginx_snippets"] = [
             {**s, "path": str(snippet_file(s["src"], base_dir))} if "src" in s else dict(s)
@@ -361,6 +393,11 @@ def resolve(
         ]
         resolved.append(app)
     return resolved
+
+
+def python_settings(settings: dict) -> str:
+    """A dict as Python assignments (a Flask config file: app.config.from_pyfile)."""
+    return "".join(f"{key} = {value!r}\n" for key, value in sorted(settings.items()))
 
 
 def app_packages(app: dict, server_packages: dict, worker_packages: dict) -> list[str]:
@@ -380,6 +417,13 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         for key, kind in (("shared_dirs", "dir"), ("shared_files", "file"))
         for path in app.get(key) or []
     ]
+    # Config files live in shared/ too; one outside every shared folder gets a link of its own.
+    dirs = [s["path"] for s in shared if s["kind"] == "dir"]
+    configs = [
+        {"path": path, "kind": "config", "target": f"{home}/shared/{path}"}
+        for path in app.get("config_paths") or []
+        if not any(path.startswith(d + "/") for d in dirs)
+    ]
     config = f"{layout.config_dir}/{name}"
     names = app.get("server_names") or [name]
     tls = app.get("tls", "off")
@@ -393,9 +437,10 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         "current": f"{home}/current",
         "shared_dir": f"{home}/shared",
         "data_dir": f"{home}/shared/data",
-        "shared": shared,
-        # All the app server may write (its sandbox's ReadWritePaths).
+        "shared": shared + configs,
+        # All the app server may write (its sandbox's ReadWritePaths): not its config files.
         "writable_paths": [f"{home}/shared/data"] + [item["target"] for item in shared],
+        "configs": [{"path": p, "target": f"{home}/shared/{p}"} for p in app.get("config_paths") or []],
         "wheelhouse_dir": f"{home}/wheelhouse",
         "upload_dir": f"{home}/incoming",
         # Copies of the app's SQLite databases (and backup_command's output) before each migration.

@@ -174,6 +174,10 @@ CASES = {
         r"flaskstack_apps\[0\]\.requirements \(hello\): .*requirements.txt includes base.txt, "
         r"which does not exist",
     ),
+    "a config file that escapes the release": (
+        {"flaskstack_apps": [app(config_files=[{"path": "/etc/passwd", "dotenv": {"A": "secret-value"}}])]},
+        r"flaskstack_apps\[0\]\.config_files\[0\] \(hello\) is \"/etc/passwd\": use a path inside",
+    ),
     "unknown worker class": (
         {"flaskstack_apps": [app(worker_class="eventlet")]},
         r"worker_class.*eventlet|eventlet.*worker_class",

@@ -177,3 +177,46 @@ def test_shared_paths_are_linked_targets_and_the_only_writable_ones():
         "/srv/shop/shared/data", "/srv/shop/shared/instance", "/srv/shop/shared/uploads",
         "/srv/shop/shared/settings.ini",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"path": "instance/config.py"}, r"config_files\[0\] \(shop\): give a path and one of"),
+        ({"path": "a.py", "python": {}, "dotenv": {}}, r"config_files\[0\] \(shop\): give a path and one of"),
+        ({"path": "a.py", "python": "SECRET = 1"}, r"config_files\[0\] \(shop\)\.python is not a dict"),
+        (
+            {"path": "a.py", "template": "none.j2"},
+            r"config_files\[0\] \(shop\)\.template: .*none\.j2 does not exist",
+        ),
+        ({"path": "../a.py", "dotenv": {}}, r'config_files\[0\] \(shop\) is "\.\./a\.py": use a path inside'),
+    ],
+)
+def test_a_malformed_config_file_is_named_without_its_values(config, message, tmp_path):
+    errors = model.app_errors(
+        [{**APP, "config_files": [config]}], {**DEFAULTS, **_ports()}, base_dir=str(tmp_path)
+    )
+    assert len(errors) == 1 and re.search(message, errors[0]), errors
+    assert "SECRET = 1" not in errors[0]
+
+
+def test_config_files_are_linked_unless_a_shared_folder_holds_them():
+    layout = model.Layout("/srv", "/etc/flaskstack", "/run/flaskstack")
+    app = {
+        **APP,
+        "shared_dirs": ["instance"],
+        "config_files": [
+            {"path": "instance/config.py", "python": {"SECRET_KEY": "s3cret"}},
+            {"path": ".env", "dotenv": {"A": "b"}},
+        ],
+    }
+    (resolved,) = model.resolve([app], DEFAULTS, layout, **PACKAGES)
+    assert "config_files" not in resolved and "s3cret" not in repr(resolved)
+    assert resolved["configs"] == [
+        {"path": "instance/config.py", "target": "/srv/shop/shared/instance/config.py"},
+        {"path": ".env", "target": "/srv/shop/shared/.env"},
+    ]
+    assert {"path": ".env", "kind": "config", "target": "/srv/shop/shared/.env"} in resolved["shared"]
+    assert "/srv/shop/shared/.env" not in resolved["writable_paths"]
+    assert "shared config .env" in resolved["release_extra"]
+    assert model.python_settings({"SECRET_KEY": "it's", "N": 3}) == 'N = 3\nSECRET_KEY = "it\'s"\n'

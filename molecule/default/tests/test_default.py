@@ -132,6 +132,18 @@ def test_shared_instance_folder_is_linked_into_the_release_and_writable(host):
     assert set(unit.split()) == {f"{HOME}/shared/data", f"{HOME}/shared/instance"}
 
 
+def test_config_files_are_rendered_for_the_app_to_read_only(host):
+    config = host.file(f"{HOME}/shared/instance/config.py")
+    assert (config.user, config.group, config.mode) == ("root", APP, 0o640)
+    assert "GREETING = 'hi from config.py'" in config.content_string
+    assert host.run(f"runuser -u {APP} -- sh -c 'echo x >> {HOME}/current/instance/config.py'").rc != 0
+    dotenv = host.file(f"{HOME}/current/.env")
+    assert dotenv.is_symlink and dotenv.linked_to == f"{HOME}/shared/.env"
+    assert 'HELLO_FROM="a \\"dotenv\\" file"' in host.check_output(
+        f"runuser -u {APP} -- cat {HOME}/current/.env"
+    )
+
+
 def test_app_processes_run_as_the_app_user(host):
     pid = host.check_output(f"systemctl show -p MainPID --value {APP}.service")
     procs = host.check_output(f"ps -o user=,pid= --ppid {pid} -p {pid}").splitlines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +20,11 @@ def app_errors(apps, defaults, base_dir=None, settings=None):
     return model.app_errors(list(apps), dict(defaults), keep_releases=keep, base_dir=base_dir)
 
 
+def python_settings(settings):
+    """A dict as Python assignments (config_files' python form)."""
+    return model.python_settings(json.loads(json.dumps(dict(settings))))
+
+
 def host(root, config_dir, run_dir):
     """The host-wide paths (flaskstack_host)."""
     return model.Layout(root=root, config_dir=config_dir, run_dir=run_dir).host()
@@ -29,5 +35,6 @@ class FilterModule:
         return {
             "flaskstack_app_errors": app_errors,
             "flaskstack_host": host,
+            "flaskstack_python_settings": python_settings,
             "flaskstack_template_origin": templates.origin,
         }
