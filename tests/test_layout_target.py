@@ -28,6 +28,7 @@ SITE = "etc/nginx/sites-available/app.conf.j2"
 
 pytestmark = pytest.mark.target
 RUN = uuid.uuid4().hex[:8]
+CONFIG_SECRET = uuid.uuid4().hex
 
 # A page fetched inside the target over HTTPS (the target publishes no 443 here).
 HTTPS_GET = (
@@ -78,6 +79,10 @@ def inventory(demo_target, tmp_path_factory):
         "tls": "self-signed",
         "env": {"FLASK_INSTANCE_PATH": "/srv/hello/shared/data"},
         "secret_env": {"FLASK_SECRET_KEY": uuid.uuid4().hex},
+        "config_files": [
+            {"path": "instance/config.py", "python": {"SECRET_KEY": CONFIG_SECRET}},
+            {"path": "settings.cfg", "template": "snippets/settings.cfg.j2"},
+        ],
         "nginx_snippets": [
             {"content": 'location = /snippet-inline {\n    return 200 "inline snippet\\n";\n}'},
             {"src": "snippets/hello.conf.j2"},  # in the inventory's templates/ folder
@@ -91,6 +96,7 @@ def inventory(demo_target, tmp_path_factory):
     (folder / "templates" / "snippets" / "hello.conf.j2").write_text(
         'location = /snippet-file {\n    return 200 "{{ app.name }} from a file\\n";\n}\n'
     )
+    (folder / "templates" / "snippets" / "settings.cfg.j2").write_text("APP = {{ app.name }}\n")
     # The inventory's own copy of the site template, with one more header.
     override = folder / "templates" / SITE
     override.parent.mkdir(parents=True, exist_ok=True)
@@ -148,3 +154,16 @@ def test_fab_deploys_and_rolls_back_there(inventory, tmp_path):
     assert back.returncode == 0, back.output
     assert release() == before
     assert f"layout-{RUN}" not in https("/")[1]
+
+
+def test_config_files_land_in_the_configured_layout_and_never_show(inventory):
+    on = on_target(
+        "stat -c '%U:%G %a' /srv/hello/shared/instance/config.py /srv/hello/shared/settings.cfg; "
+        "readlink /srv/hello/current/settings.cfg; cat /srv/hello/shared/settings.cfg",
+        port=SSH_PORT,
+    ).stdout.splitlines()
+    assert on == ["root:hello 640", "root:hello 640", "/srv/hello/shared/settings.cfg", "APP = hello"]
+    check = run(str(BIN / "ansible-playbook"), "site.yml", "-i", str(inventory), "-vvv", "--check", "--diff")
+    assert check.returncode == 0, check.output[-3000:]
+    assert re.search(r"demo3\s*:\s*ok=\d+\s+changed=0", check.output), check.output[-3000:]
+    assert CONFIG_SECRET not in check.output
