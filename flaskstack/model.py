@@ -441,6 +441,10 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         # All the app server may write (its sandbox's ReadWritePaths): not its config files.
         "writable_paths": [f"{home}/shared/data"] + [item["target"] for item in shared],
         "configs": [{"path": p, "target": f"{home}/shared/{p}"} for p in app.get("config_paths") or []],
+        # Folders config files need in shared/ that no shared_dirs entry makes.
+        "config_folders": [
+            f"{home}/shared/{p}" for p in _config_folders(app.get("config_paths") or [], dirs)
+        ],
         "wheelhouse_dir": f"{home}/wheelhouse",
         "upload_dir": f"{home}/incoming",
         # Copies of the app's SQLite databases (and backup_command's output) before each migration.
@@ -468,6 +472,18 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         "nginx_site": f"{name}.conf",
         "health_host": health_host or names[0],
     }
+
+
+def _config_folders(paths: list[str], shared_dirs: list[str]) -> list[str]:
+    """The folders (relative to shared/) that config files need, less the shared folders."""
+    folders: list[str] = []
+    for path in paths:
+        parts = path.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            folder = "/".join(parts[:depth])
+            if folder not in shared_dirs and folder not in folders:
+                folders.append(folder)
+    return folders
 
 
 def release_paths(app: dict, release_id: str) -> dict:

@@ -219,4 +219,12 @@ def test_config_files_are_linked_unless_a_shared_folder_holds_them():
     assert {"path": ".env", "kind": "config", "target": "/srv/shop/shared/.env"} in resolved["shared"]
     assert "/srv/shop/shared/.env" not in resolved["writable_paths"]
     assert "shared config .env" in resolved["release_extra"]
+    # The shared folder itself and the instance folder are made elsewhere: no folder here.
+    assert resolved["config_folders"] == []
+    deeper = {
+        **app,
+        "config_files": [{"path": "instance/a/b.cfg", "dotenv": {}}, {"path": "c/d.ini", "dotenv": {}}],
+    }
+    (resolved,) = model.resolve([deeper], DEFAULTS, layout, **PACKAGES)
+    assert resolved["config_folders"] == ["/srv/shop/shared/instance/a", "/srv/shop/shared/c"]
     assert model.python_settings({"SECRET_KEY": "it's", "N": 3}) == 'N = 3\nSECRET_KEY = "it\'s"\n'
