@@ -167,14 +167,7 @@ def source_errors(apps: list, defaults: dict, only: str = "", src: str = "") -> 
             continue
         if src:
             app["src"] = src
-        n, src, entry = app["name"], app.get("src"), app.get("entry_point")
-        problem = (
-            f"src ({n}) is required: the app's source directory on the control node."
-            if not isinstance(src, str) or not src
-            else f"entry_point ({n}) is {_json(str(entry))}: use module:callable."
-            if not isinstance(entry, str) or not ENTRY_POINT_RE.match(entry)
-            else _source(app, modules=False)
-        )  # fmt: skip
+        problem = _src_and_entry_point(app) or _source(app, modules=False)
         if problem:
             errors.append(f"flaskstack_apps[{i}].{problem}")
     return errors
@@ -187,11 +180,9 @@ def _at_least_one(value) -> bool:
         return False
 
 
-def _settings(app: dict) -> str:
-    """The first problem of a present app's own settings, as 'key (name) ...', or ''."""
-    n = app["name"]
-    src, entry = app.get("src"), app.get("entry_point")
-    names = app.get("server_names") or []
+def _src_and_entry_point(app: dict) -> str:
+    """The first problem of a present app's src and entry_point settings, or ''."""
+    n, src, entry = app["name"], app.get("src"), app.get("entry_point")
     if not isinstance(src, str) or not src:
         return f"src ({n}) is required: the app's source directory on the control node."
     if not isinstance(entry, str) or not ENTRY_POINT_RE.match(entry):
@@ -200,6 +191,15 @@ def _settings(app: dict) -> str:
             f"entry_point ({n}) is {shown}: use module:callable, "
             'for example "hello:app" or "hello:create_app()".'
         )
+    return ""
+
+
+def _settings(app: dict) -> str:
+    """The first problem of a present app's own settings, as 'key (name) ...', or ''."""
+    n = app["name"]
+    names = app.get("server_names") or []
+    if problem := _src_and_entry_point(app):
+        return problem
     if not names:
         return f"server_names ({n}) is required: the host names nginx answers for."
     bad = [h for h in names if not isinstance(h, str) or not SERVER_NAME_RE.match(h)]
@@ -272,6 +272,11 @@ def _certificate(app: dict) -> str:
 RELEASE_OWN = (VENV, REVISION)
 
 
+def in_shared_dir(path: str, shared_dirs: list[str]) -> bool:
+    """A path inside one of the shared folders (reached through its link, needing none of its own)."""
+    return any(path.startswith(folder + "/") for folder in shared_dirs)
+
+
 def config_paths(raw: dict) -> list[str]:
     """The paths (in the release) of an app's config files."""
     return [c.get("path") for c in raw.get("config_files") or [] if isinstance(c, dict)]
@@ -296,12 +301,10 @@ def _config_files(app: dict, base_dir: str | None) -> str:
 def _shared(app: dict) -> str:
     """The first shared path of a present app that is not a plain path inside the release."""
     seen: list[str] = []
+    dirs = [p for p in app.get("shared_dirs") or [] if isinstance(p, str)]
     for key in ("shared_dirs", "shared_files", "config_files"):
         paths = config_paths(app) if key == "config_files" else app.get(key) or []
-        dirs = [p for p in app.get("shared_dirs") or [] if isinstance(p, str)]
         for j, path in enumerate(paths):
-            if key == "config_files" and any(str(path).startswith(d + "/") for d in dirs):
-                continue  # inside a shared folder: it needs no link of its own
             parts = str(path).split("/")
             where = f"{key}[{j}] ({app['name']})"
             if (
@@ -312,6 +315,8 @@ def _shared(app: dict) -> str:
                     f"{where} is {_json(path)}: use a path inside the release, relative to it, "
                     "without '..' (not venv or REVISION)."
                 )
+            if key == "config_files" and in_shared_dir(path, dirs):
+                continue  # a file in a shared folder: it needs no link of its own
             for other in seen:
                 if path == other or path.startswith(other + "/") or other.startswith(path + "/"):
                     return f"{where} is {_json(path)}: it overlaps the shared path {_json(other)}."
@@ -419,10 +424,10 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
     ]
     # Config files live in shared/ too; one outside every shared folder gets a link of its own.
     dirs = [s["path"] for s in shared if s["kind"] == "dir"]
-    configs = [
+    linked_configs = [
         {"path": path, "kind": "config", "target": f"{home}/shared/{path}"}
         for path in app.get("config_paths") or []
-        if not any(path.startswith(d + "/") for d in dirs)
+        if not in_shared_dir(path, dirs)
     ]
     config = f"{layout.config_dir}/{name}"
     names = app.get("server_names") or [name]
@@ -437,7 +442,7 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         "current": f"{home}/current",
         "shared_dir": f"{home}/shared",
         "data_dir": f"{home}/shared/data",
-        "shared": shared + configs,
+        "shared": shared + linked_configs,
         # All the app server may write (its sandbox's ReadWritePaths): not its config files.
         "writable_paths": [f"{home}/shared/data"] + [item["target"] for item in shared],
         "configs": [{"path": p, "target": f"{home}/shared/{p}"} for p in app.get("config_paths") or []],

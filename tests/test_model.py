@@ -228,3 +228,23 @@ def test_config_files_are_linked_unless_a_shared_folder_holds_them():
     (resolved,) = model.resolve([deeper], DEFAULTS, layout, **PACKAGES)
     assert resolved["config_folders"] == ["/srv/shop/shared/instance/a", "/srv/shop/shared/c"]
     assert model.python_settings({"SECRET_KEY": "it's", "N": 3}) == 'N = 3\nSECRET_KEY = "it\'s"\n'
+
+
+def test_a_config_file_in_a_shared_folder_may_not_climb_out_of_it():
+    app = {
+        **APP,
+        "shared_dirs": ["instance"],
+        "config_files": [{"path": "instance/../../x.py", "dotenv": {}}],
+    }
+    errors = model.app_errors([app], {**DEFAULTS, **_ports()})
+    assert len(errors) == 1 and 'config_files[0] (shop) is "instance/../../x.py"' in errors[0], errors
+
+
+def test_fab_checks_each_app_with_its_own_source(tmp_path):
+    """Each app's own src, not the one of the app before it."""
+    other = tmp_path / "other"
+    other.mkdir()
+    apps = [APP, {**APP, "name": "two", "src": str(other)}]
+    assert model.source_errors(apps, DEFAULTS | {"requirements": "requirements.txt"}) == [
+        f"flaskstack_apps[1].requirements (two): {other}/requirements.txt does not exist."
+    ]
