@@ -41,7 +41,7 @@ from invoke.exceptions import Exit
 from paramiko import RejectPolicy
 
 from flaskstack import model
-from flaskstack.packaging import WheelhouseError, build_release, build_wheelhouse, wheelhouse_archive
+from flaskstack.packaging import WheelhouseError, build_wheelhouse, package, wheelhouse_archive
 
 ROOT = Path(__file__).resolve().parent
 TOOL = model.TOOL
@@ -53,6 +53,8 @@ os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
 FAB_KEYS = ("name", "state", "src", "requirements", "exclude", "server", "worker_class", "entry_point")
 # (Everything that goes into a release's id is among them: fab and Ansible name a release alike.)
 FAB_KEYS += ("migrate_once", "server_names", "shared_dirs", "shared_files")
+# (And what the report of a project's shape reads.)
+FAB_KEYS += ("static_dir", "static_url")
 DEFAULT_INVENTORY = os.environ.get("FLASKSTACK_INVENTORY", str(ROOT / "inventory" / "local"))
 GROUP = "flaskstack"
 
@@ -96,8 +98,11 @@ class Host:
 _plugins_ready = False
 
 
-def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "") -> list[Host]:
-    """The hosts of the group `flaskstack`, with their apps and connection settings.
+def load_inventory(
+    inventory: str, limit: str = "", vault_password_file: str = "", sources: dict | None = None
+) -> list[Host]:
+    """The hosts of the group `flaskstack`, with their apps and connection settings
+    (sources: app name -> a source folder to push instead of its src, fab deploy --src).
 
     Variables come from Ansible itself, as a play of the flaskstack role sees them
     (its defaults beneath the inventory's group_vars, host_vars and vault), and
@@ -153,6 +158,9 @@ def load_inventory(inventory: str, limit: str = "", vault_password_file: str = "
                 app["config_files"] = [
                     {"path": templar.template(c["path"])} for c in raw["config_files"] if isinstance(c, dict)
                 ]
+        for app in apps:
+            if app.get("name") in (sources or {}):
+                app["src"] = sources[app["name"]]
         problems = model.name_errors(apps)
         if problems:
             raise DeployError(f"{host.name}: " + "\n".join(problems))
@@ -274,13 +282,13 @@ def open_hosts(
     code push: "" for the inventory's own source, else the folder given), the app model's
     checks of what is pushed come first: each selected app's source folder and requirements."""
     try:
-        hosts = load_inventory(inventory, limit, vault_password_file)
+        hosts = load_inventory(inventory, limit, vault_password_file, {app: src} if src else None)
         if one:
             hosts = hosts[:1]
         for host in hosts:
             selected(host, app)
             if src is not None:
-                problems = model.source_errors(host.fab_apps, host.defaults, only=app, src=src)
+                problems = model.source_errors(host.fab_apps, host.defaults, only=app)
                 if problems:
                     raise DeployError(f"{host.name}: " + "\n".join(problems))
     except DeployError as exc:
@@ -340,13 +348,11 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
     for host in hosts:
         python, arch = host.info["python"], host.info["architecture"]
         for a in selected(host, app):
-            folder = Path(src).resolve() if src else Path(a["src"]).resolve()
-            if not (folder / a["requirements"]).is_file():
-                raise Exit(f"fab: {a['name']}: {folder / a['requirements']} does not exist", code=2)
+            folder = Path(a["src"]).resolve()  # --src's folder when given (open_hosts)
             try:
-                release = build_release(folder, a["name"], a["exclude"], a["release_extra"], host.cache_dir)
+                project, release = package(a, host.cache_dir)
                 key, wheels = build_wheelhouse(
-                    a["name"], folder / a["requirements"], a["server_packages"], python, arch,
+                    a["name"], project, a["server_packages"], python, arch,
                     host.platforms.get(arch, []), host.pip_args, host.cache_dir,
                 )  # fmt: skip
             except (OSError, WheelhouseError) as exc:
@@ -359,6 +365,9 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
             }
     ids = sorted({(a, p["release"].id) for (_, a), p in plan.items()})
     print(f"== package: {time.monotonic() - t0:.2f}s  " + ", ".join(f"{a} {i}" for a, i in ids), flush=True)
+    shown = {a["name"]: a["project"] for host in hosts for a in selected(host, app)}
+    for name, project in shown.items():
+        print("\n".join(f"   {line}" for line in [f"{name}: {project['description']}", *project["notes"]]))
 
     def prepare(host: Host) -> None:
         for a in selected(host, app):

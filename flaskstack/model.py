@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flaskstack import packaging, templates
-from flaskstack.release import RELEASE_SETTINGS, REVISION, VENV
+from flaskstack.release import PROJECT_WHEEL_DIR, RELEASE_SETTINGS, REVISION, VENV
 
 # Where the on-host tool lives. The module (flaskstack/release.py, standard
 # library only) is copied to TOOL_MODULE; TOOL is a small wrapper rendered from
@@ -155,18 +155,16 @@ def name_errors(apps: list) -> list[str]:
     return []
 
 
-def source_errors(apps: list, defaults: dict, only: str = "", src: str = "") -> list[str]:
+def source_errors(apps: list, defaults: dict, only: str = "") -> list[str]:
     """What a code push needs of each present app on the control node: its source folder and
-    requirements (fab deploy reads no other setting). Whether the entry point's module is
+    project (fab deploy reads no other setting). Whether the entry point's module is
     there is the host's check gate's to say: it says why in the app's own words.
-    only: just this app; src: its source is this folder instead (fab deploy --src)."""
+    only: just this app."""
     errors = []
     for i, raw in enumerate(apps):
         app = merge(defaults, raw)
         if not _present(app) or (only and app["name"] != only):
             continue
-        if src:
-            app["src"] = src
         problem = _src_and_entry_point(app) or _source(app, modules=False)
         if problem:
             errors.append(f"flaskstack_apps[{i}].{problem}")
@@ -233,19 +231,67 @@ def _source(app: dict, modules: bool = True) -> str:
     src = Path(app["src"]).resolve()
     if not src.is_dir():
         return f"src ({n}): {src} is not a directory on the control node."
-    if not (src / app["requirements"]).is_file():
-        return f"requirements ({n}): {src}/{app['requirements']} does not exist."
     try:
-        packaging.read_requirements(src / app["requirements"])
+        project = packaging.read_project(src, app["requirements"])
     except packaging.WheelhouseError as exc:
         return f"requirements ({n}): {exc}."
     module = app["entry_point"].split(":")[0]
-    path = module.replace(".", "/")
-    if modules and not (src / f"{path}.py").is_file() and not (src / path / "__init__.py").is_file():
+    found = module_file(src, module)
+    if modules and project.shape == "requirements" and found and found.parts[len(src.parts)] == "src":
+        return (
+            f"entry_point ({n}): module {_json(module)} is in {src}/src (the src layout), which only an "
+            f"installed project can import: give it a pyproject.toml with a [project] table (PEP 621)."
+        )
+    # An installed project's modules may lie anywhere its build backend is told to look.
+    if modules and not found and project.shape == "requirements":
+        path = module.replace(".", "/")
         return (
             f"entry_point ({n}): module {_json(module)} is not in {src} (no {path}.py or {path}/__init__.py)."
         )
     return ""
+
+
+def module_file(src: Path, module: str) -> Path | None:
+    """Where a module's file lies in a source tree: at its root, or in src/ (the src layout)."""
+    path = module.replace(".", "/")
+    for base in (src, src / "src"):
+        for candidate in (base / f"{path}.py", base / path / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def project(app: dict) -> dict:
+    """How a present app's source is installed, as the deploy reports it: shape
+    ("requirements" or "wheel"), a description, notes, and whether the app's code is
+    imported from the venv (an installed project whose module is not at the source's root,
+    the src layout) rather than from the release's folder. {} when the source cannot be read
+    (the checks say why)."""
+    src = Path(str(app.get("src"))).resolve()
+    try:
+        found = packaging.read_project(src, app.get("requirements") or packaging.REQUIREMENTS)
+    except (packaging.WheelhouseError, OSError):
+        return {}
+    module = str(app.get("entry_point")).split(":")[0]
+    at_root = module_file(src, module)
+    from_venv = found.wheel and not (at_root and at_root.parts[len(src.parts)] != "src")
+    notes = list(found.notes)
+    static = str(app.get("static_dir"))
+    if not (src / static).is_dir():
+        others = sorted(p.relative_to(src).as_posix() for p in src.glob("**/static") if p.is_dir())
+        exclude = list(app.get("exclude") or [])
+        others = [p for p in others if not any(packaging.excluded(part, exclude) for part in p.split("/"))]
+        notes.append(
+            f"static_dir {static} is not in the source: nginx answers 404 under {app.get('static_url')}"
+            + (f" (set static_dir: {others[0]})" if others else "")
+        )
+    return {
+        "shape": found.shape,
+        "description": found.describe() + ("; imported from the venv" if from_venv else ""),
+        "notes": notes,
+        "from_venv": from_venv,
+        "module": module,
+    }
 
 
 def _certificate(app: dict) -> str:
@@ -269,7 +315,7 @@ def _certificate(app: dict) -> str:
 
 
 # Names in a release that are flaskstack's own: no shared path may take their place.
-RELEASE_OWN = (VENV, REVISION)
+RELEASE_OWN = (VENV, REVISION, PROJECT_WHEEL_DIR)
 
 
 def in_shared_dir(path: str, shared_dirs: list[str]) -> bool:
@@ -391,6 +437,7 @@ def resolve(
             for s in app.get("nginx_snippets") or []
         ]
         app["server_packages"] = app_packages(app, server_packages, worker_packages)
+        app["project"] = project(app) if _present(app) else {}
         app.update(paths(app, layout, health_host))
         # What a release is made of besides its source: part of its content-hashed id.
         app["release_extra"] = app["server_packages"] + [
@@ -422,6 +469,15 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         for key, kind in (("shared_dirs", "dir"), ("shared_files", "file"))
         for path in app.get(key) or []
     ]
+    # An installed project's Flask instance folder is <venv>/var/<module>-instance (Flask's
+    # docs: "Deploying to Production"): linked to the same shared instance folder, so data
+    # and config files live in one place whichever shape the project has.
+    installed = app.get("project") or {}
+    if installed.get("from_venv") and "instance" in (app.get("shared_dirs") or []):
+        root_module = installed["module"].split(".")[0]
+        shared.append(
+            {"path": f"{VENV}/var/{root_module}-instance", "kind": "dir", "target": f"{home}/shared/instance"}
+        )
     # Config files live in shared/ too; one outside every shared folder gets a link of its own.
     dirs = [s["path"] for s in shared if s["kind"] == "dir"]
     linked_configs = [
@@ -444,7 +500,7 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         "data_dir": f"{home}/shared/data",
         "shared": shared + linked_configs,
         # All the app server may write (its sandbox's ReadWritePaths): not its config files.
-        "writable_paths": [f"{home}/shared/data"] + [item["target"] for item in shared],
+        "writable_paths": list(dict.fromkeys([f"{home}/shared/data"] + [item["target"] for item in shared])),
         "configs": [{"path": p, "target": f"{home}/shared/{p}"} for p in app.get("config_paths") or []],
         # Folders config files need in shared/ that no shared_dirs entry makes.
         "config_folders": [

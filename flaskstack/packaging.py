@@ -27,10 +27,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from dataclasses import dataclass
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from flaskstack.release import REVISION, WHEELHOUSE_COMPLETE
+from flaskstack.release import PROJECT_WHEEL_DIR, REVISION, WHEELHOUSE_COMPLETE
 
 # The file the host checks for a whole release (written last): the tool's name for it.
 REVISION_FILE = REVISION
@@ -46,9 +48,9 @@ def source_files(src: Path, exclude: list[str]) -> list[Path]:
     """The files of a release, relative to ``src``, sorted; excluded names never entered."""
     found: list[Path] = []
     for root, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not _excluded(d, exclude))
+        dirs[:] = sorted(d for d in dirs if not excluded(d, exclude))
         for name in sorted(files):
-            if name == REVISION_FILE or _excluded(name, exclude):
+            if name == REVISION_FILE or excluded(name, exclude):
                 continue
             path = Path(root, name)
             if path.is_file():
@@ -56,7 +58,7 @@ def source_files(src: Path, exclude: list[str]) -> list[Path]:
     return sorted(found, key=lambda p: p.as_posix())
 
 
-def _excluded(name: str, exclude: list[str]) -> bool:
+def excluded(name: str, exclude: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)
 
 
@@ -73,24 +75,45 @@ def release_id(src: Path, exclude: list[str], extra: list[str]) -> str:
     return digest.hexdigest()[:12]
 
 
-def build_release(src: Path, name: str, exclude: list[str], extra: list[str], cache_dir: Path) -> Release:
-    """Return the release for ``src``, writing its archive unless it is already cached."""
+def build_release(
+    src: Path,
+    name: str,
+    exclude: list[str],
+    extra: list[str],
+    cache_dir: Path,
+    project: Project | None = None,
+) -> Release:
+    """Return the release for ``src``, writing its archive unless it is already cached.
+    A project installed as a wheel (project.shape "wheel") gets its wheel in the archive,
+    in PROJECT_WHEEL_DIR: the host installs it into the release's venv."""
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a directory")
     rid = release_id(src, exclude, extra)
     archive = cache_dir / "releases" / f"{name}-{rid}.tar.gz"
     if not archive.exists():
+        wheel = build_project_wheel(src, name, exclude, rid, cache_dir) if project and project.wheel else None
         archive.parent.mkdir(parents=True, exist_ok=True)
         partial = archive.with_suffix(f".partial-{os.getpid()}")
         with tarfile.open(partial, "w:gz") as tar:
             for rel in source_files(src, exclude):
                 tar.add(src / rel, arcname=rel.as_posix(), filter=_normalise)
+            if wheel:
+                tar.add(wheel, arcname=f"{PROJECT_WHEEL_DIR}/{wheel.name}", filter=_normalise)
             data = f"{rid}\n".encode()
             info = tarfile.TarInfo(REVISION_FILE)
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
         partial.replace(archive)
     return Release(id=rid, archive=str(archive))
+
+
+def package(app: dict, cache_dir: Path) -> tuple[Project, Release]:
+    """A resolved app's project and release (flaskstack/model.py resolves it): what
+    ansible-playbook and fab deploy ship alike."""
+    src = Path(app["src"]).resolve()
+    project = read_project(src, app["requirements"])
+    exclude, extra = list(app["exclude"]), list(app["release_extra"])
+    return project, build_release(src, app["name"], exclude, extra, cache_dir, project)
 
 
 def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -151,6 +174,147 @@ def hashed(requirements: str) -> bool:
     return "--hash" in requirements
 
 
+PYPROJECT = "pyproject.toml"
+# Lock files of other tools: not read (pip cannot install from them); their users export them.
+OTHER_LOCKS = {
+    "uv.lock": "uv export --format requirements-txt --no-hashes -o {req}",
+    "poetry.lock": "poetry export -o {req}",
+    "pdm.lock": "pdm export -o {req}",
+    "pylock.toml": "uv export --format requirements-txt -o {req}",
+    "Pipfile.lock": "pipenv requirements > {req}",
+}
+
+
+@dataclass(frozen=True)
+class Project:
+    """What an app's source is, as the control node reads it, and what its venv gets.
+
+    shape "requirements": a requirements file; the code runs from the release's folder.
+    shape "wheel": a pyproject.toml project (PEP 621), built as a wheel on the control node
+    and installed into the release's venv with its dependencies from the wheelhouse; a
+    requirements file beside it is its lock (pip-compile's or `uv export`'s output), a
+    constraints.txt its constraints."""
+
+    shape: str
+    requirements: str  # requirement lines for the wheelhouse
+    constraints: str  # constraint lines
+    files: tuple[str, ...]  # what was read, relative to src
+    name: str = ""
+    version: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def wheel(self) -> bool:
+        return self.shape == "wheel"
+
+    def describe(self) -> str:
+        lines = len(self.requirements.splitlines())
+        count = f"{lines} requirement{'' if lines == 1 else 's'}"
+        if not self.wheel:
+            return f"requirements file {self.files[0]} ({count}); the code runs from the release"
+        pinned = f", pinned by {' and '.join(self.files[1:])}" if self.files[1:] else ""
+        return (
+            f"pyproject.toml project {self.name} {self.version}, built as a wheel and installed with "
+            f"{count}{pinned}"
+        )
+
+
+def read_project(src: Path, requirements: str = REQUIREMENTS) -> Project:
+    """The project in src: a pyproject.toml with a [project] table (PEP 621) is built as a
+    wheel, else the requirements file is read. Raises WheelhouseError saying what is missing."""
+    pyproject, req = src / PYPROJECT, src / requirements
+    table = None
+    if pyproject.is_file():
+        try:
+            table = tomllib.loads(pyproject.read_text()).get("project")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise WheelhouseError(f"{pyproject} is not valid TOML: {exc}") from None
+    if table is None:
+        if req.is_file():  # a pyproject.toml of tool settings only (ruff, pytest) changes nothing
+            return Project("requirements", *read_requirements(req), (requirements,))
+        others = [name for name in OTHER_LOCKS if (src / name).is_file()]
+        hint = f"; export {others[0]}: {OTHER_LOCKS[others[0]].format(req=requirements)}" if others else ""
+        if pyproject.is_file():
+            raise WheelhouseError(
+                f"{pyproject} has no [project] table (PEP 621) and there is no {requirements}: "
+                f"flaskstack cannot tell what to install{hint}"
+            )
+        raise WheelhouseError(
+            f"{req} does not exist, and there is no {PYPROJECT} with a [project] table{hint}"
+        )
+    if not isinstance(table, dict) or not isinstance(table.get("name"), str):
+        raise WheelhouseError(f"{pyproject}: [project] has no name")
+    dynamic = table.get("dynamic") or []
+    deps = table.get("dependencies") or []
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        raise WheelhouseError(f"{pyproject}: [project] dependencies is not a list of requirement strings")
+    files, notes = [PYPROJECT], []
+    if req.is_file():
+        reqs, cons = read_requirements(req)
+        files.append(requirements)
+        # As `pip install -r lock .` would: the lock pins, the project's own list completes it.
+        # In hash-checking mode every line needs a hash: the lock alone (the host's pip check
+        # then says what it lacks).
+        lines = reqs.splitlines() + ([] if hashed(reqs) or "dependencies" in dynamic else deps)
+    elif "dependencies" in dynamic:
+        raise WheelhouseError(
+            f"{pyproject}: its dependencies are dynamic ([project] dynamic), so they cannot be read "
+            f"without building it: list them in {requirements}"
+        )
+    else:
+        lines, cons = list(deps), ""
+        notes += [
+            f"{name} is not read (pip cannot install from it): "
+            f"{OTHER_LOCKS[name].format(req=requirements)} to pin"
+            for name in OTHER_LOCKS
+            if (src / name).is_file()
+        ]
+    if (src / CONSTRAINTS).is_file() and requirements != CONSTRAINTS:
+        more_reqs, more_cons = read_requirements(src / CONSTRAINTS)
+        cons += more_reqs + more_cons
+        files.append(CONSTRAINTS)
+    version = table.get("version") if "version" not in dynamic else "(dynamic version)"
+    requirement_lines = "".join(f"{line}\n" for line in lines)
+    return Project(
+        "wheel", requirement_lines, cons, tuple(files), table["name"], str(version or ""), tuple(notes)
+    )
+
+
+def build_project_wheel(src: Path, name: str, exclude: list[str], release: str, cache_dir: Path) -> Path:
+    """The project's wheel, built by pip (PEP 517) from a copy of the release's files, so
+    nothing is written into src; cached by release id. Only a pure-Python wheel can be
+    built here for any target: anything else is refused."""
+    folder = cache_dir / "project-wheels" / name / release
+    built = sorted(folder.glob("*.whl"))
+    if built:
+        return built[0]
+    with tempfile.TemporaryDirectory(prefix="flaskstack-wheel-") as tmp:
+        copy, out = Path(tmp) / "src", Path(tmp) / "out"
+        for rel in source_files(src, exclude):
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, copy / rel)
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
+             "--wheel-dir", str(out), str(copy)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            reason = "\n".join((result.stderr or result.stdout).strip().splitlines()[-10:])
+            raise WheelhouseError(f"{name}: pip cannot build a wheel of {src}:\n{reason}")
+        wheels = sorted(out.glob("*.whl"))
+        tags = wheels[0].stem.split("-")[-2:] if len(wheels) == 1 else []
+        if tags != ["none", "any"]:
+            raise WheelhouseError(
+                f"{name}: building {src} gave {', '.join(w.name for w in wheels) or 'no wheel'}: flaskstack "
+                "builds a project on the control node for any target, so it must be pure Python "
+                "(a platform wheel belongs in the requirements, built where it runs)"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(wheels[0], folder / f".{wheels[0].name}.partial")
+        (folder / f".{wheels[0].name}.partial").replace(folder / wheels[0].name)
+    return folder / wheels[0].name
+
+
 def wheelhouse_key(requirements: bytes, packages: list[str], python: str, architecture: str) -> str:
     digest = hashlib.sha256(requirements + b"\0" + "\n".join(packages).encode()).hexdigest()[:12]
     return f"cp{python.replace('.', '')}-{architecture}-{digest}"
@@ -158,7 +322,7 @@ def wheelhouse_key(requirements: bytes, packages: list[str], python: str, archit
 
 def build_wheelhouse(
     name: str,
-    requirements: Path,
+    project: Project,
     packages: list[str],
     python: str,
     architecture: str,
@@ -167,10 +331,7 @@ def build_wheelhouse(
     cache_dir: Path,
 ) -> tuple[str, Path]:
     """Return (key, folder) of the app's wheelhouse, downloading it unless it is complete."""
-    try:
-        reqs, cons = read_requirements(requirements)
-    except WheelhouseError as exc:
-        raise WheelhouseError(f"{name}: {exc}") from None
+    reqs, cons = project.requirements, project.constraints
     if cons:
         reqs += f"-c {CONSTRAINTS}\n"
     key = wheelhouse_key(f"{reqs}\0{cons}".encode(), packages, python, architecture)
@@ -202,7 +363,7 @@ def build_wheelhouse(
             if result.returncode != 0:
                 reason = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
                 raise WheelhouseError(
-                    f"{name}: pip cannot get wheels of {requirements} for CPython {python} on "
+                    f"{name}: pip cannot get wheels of {' and '.join(project.files)} for CPython {python} on "
                     f"{architecture}:\n{reason}"
                 )
         (partial / "packages.txt").rename(partial / SERVER_REQUIREMENTS)

@@ -67,6 +67,8 @@ RELEASE_SETTINGS = "release.json"
 # A wheelhouse's copy of the app server's requirements, the last file written into it.
 WHEELHOUSE_COMPLETE = "server-requirements.txt"
 VENV_MARKER = ".flaskstack-complete"
+# In a release of a pyproject.toml project: its wheel, built on the control node.
+PROJECT_WHEEL_DIR = ".flaskstack-wheel"
 # The lines of the service unit between these two are its sandbox
 # (templates/etc/systemd/system/app.service.j2 writes them).
 SANDBOX_BEGIN = "# --- sandbox: every gate and `flaskstack-release run` get these lines too ---"
@@ -115,7 +117,18 @@ if len(sys.argv) > 3:
                                             body[:300].decode("utf-8", "replace")))
     print("GET %s answered %s" % (path, status[0]))
 else:
-    print(entry + " builds")
+    # Where Flask will write (its instance folder): a place the app cannot write is said
+    # here, before the switch, instead of in the first write's 500.
+    import os
+    folder = getattr(app, "instance_path", None)
+    if isinstance(folder, str):
+        probe = folder
+        while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+            probe = os.path.dirname(probe)
+        state = "writable" if os.access(probe, os.W_OK) else "READ-ONLY to the app (not a shared path)"
+        print("%s builds; its instance folder %s is %s" % (entry, folder, state))
+    else:
+        print(entry + " builds")
 """
 
 
@@ -483,11 +496,31 @@ def build_venv(app: App, rel: Path, wheelhouse: Path, key: str) -> str:
     return f"installed from wheelhouse {key}"
 
 
-def link_shared(app: App, rel: Path) -> str:
+def install_project(rel: Path) -> str:
+    """Install the release's own wheel (a pyproject.toml project) into its venv, without
+    dependencies (the wheelhouse gave them), then let pip check that none is missing.
+    A venv linked from another release has that release's build of the project: it is
+    replaced (pip removes its files, which unlinks them, and writes new ones)."""
+    wheels = sorted((rel / PROJECT_WHEEL_DIR).glob("*.whl"))
+    if not wheels:
+        return ""
+    pip = [str(rel / VENV / "bin/python"), *([f"{pip_wheel()}/pip"] if pip_wheel() else ["-m", "pip"])]
+    quiet = ["--quiet", "--disable-pip-version-check"]
+    run([*pip, "install", *quiet, "--no-index", "--no-cache-dir", "--no-deps", "--force-reinstall",
+         str(wheels[0])], f"install {wheels[0].name}")  # fmt: skip
+    run([*pip, "check", "--disable-pip-version-check"], f"pip check of the venv after {wheels[0].name}")
+    return f"; {wheels[0].name} installed"
+
+
+def link_shared(app: App, rel: Path, in_venv: bool = False) -> str:
     """Replace each shared path of the release by a link into <home>/shared (Capistrano's
-    linked_dirs): what the archive had there goes, the shared copy is the one that lives."""
+    linked_dirs): what the archive had there goes, the shared copy is the one that lives.
+    in_venv: the links inside the venv instead (an installed project's instance folder),
+    made once the venv is there."""
     linked = []
     for item in app.cfg["shared"]:
+        if item["path"].startswith(f"{VENV}/") != in_venv:
+            continue
         link = rel / item["path"]
         if link.is_symlink() or link.is_file():
             link.unlink()
@@ -540,7 +573,8 @@ def cmd_prepare(args) -> int:
                 run(["tar", "-xzf", "-", "-C", str(rel), "--no-same-owner"], "unpack", stdin=data)
                 s.detail = link_shared(app, rel)
             with step("venv") as s:
-                s.detail = build_venv(app, rel, wheelhouse, args.wheelhouse)
+                s.detail = build_venv(app, rel, wheelhouse, args.wheelhouse) + install_project(rel)
+                link_shared(app, rel, in_venv=True)
                 compile_release(app, rel)
                 (rel / VENV / VENV_MARKER).write_text(args.wheelhouse + "\n")
         except (ReleaseError, OSError) as exc:

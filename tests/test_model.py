@@ -246,5 +246,6 @@ def test_fab_checks_each_app_with_its_own_source(tmp_path):
     other.mkdir()
     apps = [APP, {**APP, "name": "two", "src": str(other)}]
     assert model.source_errors(apps, DEFAULTS | {"requirements": "requirements.txt"}) == [
-        f"flaskstack_apps[1].requirements (two): {other}/requirements.txt does not exist."
+        f"flaskstack_apps[1].requirements (two): {other}/requirements.txt does not exist, "
+        "and there is no pyproject.toml with a [project] table."
     ]

@@ -42,13 +42,9 @@ class LookupModule(LookupBase):
             if app["state"] != "present":
                 continue
             try:
-                release = packaging.build_release(
-                    Path(app["src"]).resolve(),
-                    app["name"],
-                    list(app["exclude"]),
-                    app["release_extra"],
-                    Path(kwargs["cache_dir"]),
-                )
+                _, release = packaging.package(app, Path(kwargs["cache_dir"]))
+            except packaging.WheelhouseError as exc:
+                raise AnsibleError(str(exc)) from None
             except OSError as exc:
                 raise AnsibleError(f"cannot package {app['src']}: {exc}") from exc
             app.update(model.release_paths(app, release.id), archive=release.archive)

@@ -32,7 +32,7 @@ class LookupModule(LookupBase):
         try:  # the model says where the host gets it
             key, folder = packaging.build_wheelhouse(
                 app["name"],
-                Path(app["src"]).resolve() / app["requirements"],
+                packaging.read_project(Path(app["src"]).resolve(), app["requirements"]),
                 [str(p) for p in app["server_packages"]],
                 str(kwargs["python"]),
                 str(kwargs["architecture"]),
