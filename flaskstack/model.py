@@ -123,8 +123,11 @@ def app_errors(apps: list, defaults: dict, keep_releases=UNSET, base_dir: str | 
         )  # fmt: skip
         if problem:
             errors.append(f"flaskstack_apps[{i}].{problem}")
+        # Host names are case-insensitive; an app with TLS answers on its HTTPS port too.
+        ports = [app.get("http_port")] + ([app.get("https_port")] if app.get("tls") != "off" else [])
         for host in app.get("server_names") or []:
-            claims[f"{host}:{app.get('http_port')}"] += 1
+            for port in ports:
+                claims[f"{str(host).lower().rstrip('.')}:{port}"] += 1
     shared = [claim for claim, n in claims.items() if n > 1]
     if shared:
         errors.append(f"flaskstack_apps: more than one present app answers for {', '.join(shared)}.")

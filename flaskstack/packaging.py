@@ -280,6 +280,20 @@ def read_project(src: Path, requirements: str = REQUIREMENTS) -> Project:
     )
 
 
+# pip's frame around a build backend's failure: not the reason.
+_PIP_FRAME = (
+    "note:", "error: subprocess-exited-with-error", "\u00d7", "\u2502", "\u2570", "[end of output]", "[", "^",
+)  # fmt: skip
+
+
+def build_failure(result: subprocess.CompletedProcess) -> str:
+    """The backend's own reason in pip's output (its error line), not pip's frame or the traceback."""
+    lines = [line.strip() for line in (result.stderr + result.stdout).splitlines()]
+    useful = [line for line in lines if line and not line.startswith(_PIP_FRAME)]
+    errors = [line for line in useful if re.match(r"([\w.]*(Error|Exception)|error|ERROR): ", line)]
+    return "\n".join(errors[-3:] or useful[-6:])
+
+
 def build_project_wheel(src: Path, name: str, exclude: list[str], release: str, cache_dir: Path) -> Path:
     """The project's wheel, built by pip (PEP 517) from a copy of the release's files, so
     nothing is written into src; cached by release id. Only a pure-Python wheel can be
@@ -299,8 +313,7 @@ def build_project_wheel(src: Path, name: str, exclude: list[str], release: str, 
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if result.returncode != 0:
-            reason = "\n".join((result.stderr or result.stdout).strip().splitlines()[-10:])
-            raise WheelhouseError(f"{name}: pip cannot build a wheel of {src}:\n{reason}")
+            raise WheelhouseError(f"{name}: pip cannot build a wheel of {src}:\n{build_failure(result)}")
         wheels = sorted(out.glob("*.whl"))
         tags = wheels[0].stem.split("-")[-2:] if len(wheels) == 1 else []
         if tags != ["none", "any"]:

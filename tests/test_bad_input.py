@@ -101,6 +101,25 @@ CASES = {
         {"flaskstack_apps": [app(), app(name="other")]},
         r"more than one present app answers for hello.example.com:80",
     ),
+    "two apps on one host name's HTTPS port": (
+        {
+            "flaskstack_apps": [
+                app(tls="self-signed"),
+                app(name="other", server_names=["Hello.Example.com"], http_port=8080, tls="self-signed"),
+            ]
+        },
+        r"more than one present app answers for hello.example.com:443",
+    ),
+    "a pyproject.toml without a [project] table": (
+        {"flaskstack_apps": [app(src=str(ROOT / "tests" / "data" / "tool-settings-only"))]},
+        r"flaskstack_apps\[0\]\.requirements \(hello\): .*pyproject.toml has no \[project\] table "
+        r"\(PEP 621\) and there is no requirements.txt: flaskstack cannot tell what to install; "
+        r"export poetry.lock: poetry export -o requirements.txt",
+    ),
+    "a src layout that is not a project": (
+        {"flaskstack_apps": [app(src=str(ROOT / "tests" / "data" / "src-layout-no-project"))]},
+        r"flaskstack_apps\[0\]\.entry_point \(hello\): module \"hello\" is in .*/src \(the src layout\)",
+    ),
     "a header value that would break nginx": (
         {"flaskstack_apps": [app(content_security_policy='default-src "self"')]},
         r"flaskstack_apps\[0\] \(hello\): referrer_policy and content_security_policy may not contain",

@@ -479,3 +479,97 @@ def test_a_shared_database_is_migrated_once_then_every_host_skips_it(host):
     assert activated.returncode == 0, activated.stderr
     assert "  migrate" not in activated.stdout
     assert log.read_text() == "migrated\n"
+
+
+def test_a_src_layout_project_is_installed_as_a_wheel_and_each_release_keeps_its_own(host):
+    """A pyproject.toml project: its wheel (built on the control node) is installed into the
+    release's venv. The second release links the first one's venv and replaces the project in
+    it: the first release must keep its own build (hard-linked files are never rewritten)."""
+    from flaskstack.packaging import read_project
+
+    paths = model.paths(
+        {
+            "name": "site",
+            "server_names": ["site.test"],
+            "shared_dirs": ["instance"],
+            "project": {"from_venv": True, "module": "siteapp"},
+        },
+        model.Layout(root=str(host.tmp / "srv"), config_dir=str(host.config_dir), run_dir=str(host.tmp)),
+    )
+    host.write_settings(shared=paths["shared"], writable_paths=paths["writable_paths"])
+    releases = []
+    for label in ("one", "two"):
+        src = host.tmp / "src" / f"project-{label}"
+        (src / "src" / "siteapp").mkdir(parents=True)
+        (src / "src" / "siteapp" / "__init__.py").write_text(f"import tinydep\n\nLABEL = {label!r}\n")
+        (src / "pyproject.toml").write_text(
+            '[project]\nname = "siteapp"\nversion = "1.0"\ndescription = "test"\ndependencies = ["tinydep"]\n'
+            '[build-system]\nrequires = ["flit_core<4"]\nbuild-backend = "flit_core.buildapi"\n'
+        )
+        project = read_project(src)
+        assert project.wheel and project.requirements == "tinydep\n"
+        release = build_release(src, "site", [], [], host.tmp / "cache", project)
+        assert not (src / "build").exists() and not list(src.glob("*.egg-info"))  # src stays as it was
+        result = host.tool(
+            "prepare", "site", release.id, "--archive", release.archive, "--wheelhouse", WHEELHOUSE
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "siteapp-1.0-py2.py3-none-any.whl installed" in result.stdout
+        releases.append(release.id)
+    for release, label in zip(releases, ("one", "two"), strict=True):
+        venv = host.home / "releases" / release / "venv"
+        code = "import siteapp; print(siteapp.LABEL, siteapp.__file__)"
+        out = subprocess.run(
+            [venv / "bin/python", "-c", code], capture_output=True, text=True, cwd=venv.parent
+        )
+        assert out.stdout.split() == [
+            label,
+            str(
+                venv
+                / "lib"
+                / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+                / "site-packages"
+                / "siteapp"
+                / "__init__.py"
+            ),
+        ], out
+        # Flask's instance folder of an installed app: the shared one.
+        assert os.readlink(venv / "var" / "siteapp-instance") == str(host.home / "shared" / "instance")
+
+
+def test_a_project_missing_a_dependency_is_refused_when_prepared(host):
+    """pip check after the project's wheel: a dependency the wheelhouse lacks stops prepare."""
+    from flaskstack.packaging import read_project
+
+    src = host.tmp / "src" / "missing"
+    (src / "siteapp").mkdir(parents=True)
+    (src / "siteapp" / "__init__.py").write_text("")
+    (src / "pyproject.toml").write_text(
+        '[project]\nname = "siteapp"\nversion = "1.0"\ndescription = "test"\n'
+        'dependencies = ["tinydep", "notinthewheelhouse"]\n'
+        '[build-system]\nrequires = ["flit_core<4"]\nbuild-backend = "flit_core.buildapi"\n'
+    )
+    release = build_release(src, "site", [], [], host.tmp / "cache", read_project(src))
+    result = host.tool(
+        "prepare", "site", release.id, "--archive", release.archive, "--wheelhouse", WHEELHOUSE
+    )
+    assert result.returncode != 0
+    assert "notinthewheelhouse" in result.stdout + result.stderr
+    assert not (host.home / "releases" / release.id).exists()
+
+
+def test_a_project_that_does_not_build_says_why_in_the_backends_words(tmp_path):
+    from flaskstack.packaging import WheelhouseError, read_project
+
+    (tmp_path / "siteapp").mkdir()
+    (tmp_path / "siteapp" / "__init__.py").write_text("")
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "siteapp"\nversion = "1.0"\n'
+        '[build-system]\nrequires = ["flit_core<4"]\nbuild-backend = "flit_core.buildapi"\n'
+    )
+    with pytest.raises(WheelhouseError) as failed:
+        build_release(tmp_path, "site", [], [], tmp_path / "cache", read_project(tmp_path))
+    assert str(failed.value).splitlines()[1:] == [
+        "flit_core.config.ConfigError: description must be specified under [project] "
+        "or listed as a dynamic field"
+    ]
