@@ -680,6 +680,26 @@ def cmd_migrate(args) -> int:
     return 0
 
 
+def check_gate(app: App, release: str) -> str:
+    """The release builds its app as the app server would, as the app, in its sandbox."""
+    python = str(app.release_dir(release) / VENV / "bin/python")
+    server, entry = app.cfg["server"], app.cfg["entry_point"]
+    return in_release(
+        app, release, [python, "-c", CHECK, server, entry],
+        f"{app.name}: release {release} does not build its app ({entry})",
+    )  # fmt: skip
+
+
+def answer_gate(app: App, release: str) -> str:
+    """The release's app answers its health path 2xx, called once as WSGI: no socket, no traffic."""
+    python = str(app.release_dir(release) / VENV / "bin/python")
+    server, entry, path = app.cfg["server"], app.cfg["entry_point"], app.cfg["health_path"]
+    return in_release(
+        app, release, [python, "-c", CHECK, server, entry, path, app.cfg["health_host"]],
+        f"{app.name}: release {release} does not answer {path} (one WSGI call, before it serves)",
+    )  # fmt: skip
+
+
 def activate(app: App, release: str, *, do_migrate: bool, action: str, note: str) -> bool:
     """Put a prepared release live, or leave the live one serving and raise."""
     if not app.prepared(release):
@@ -688,14 +708,9 @@ def activate(app: App, release: str, *, do_migrate: bool, action: str, note: str
     if live == release:
         print(f"{app.name}: release {release} is already live")
         return False
-    server, entry = app.cfg["server"], app.cfg["entry_point"]
-    python = str(app.release_dir(release) / VENV / "bin/python")
     try:
         with step("check") as s:
-            s.detail = in_release(
-                app, release, [python, "-c", CHECK, server, entry],
-                f"{app.name}: release {release} does not build its app ({entry})",
-            )  # fmt: skip
+            s.detail = check_gate(app, release)
         init = app.cfg.get("init_command") or ""
         if init and not (app.shared_dir / INIT_MARKER).exists():
             with step("init") as s:
@@ -706,11 +721,7 @@ def activate(app: App, release: str, *, do_migrate: bool, action: str, note: str
             with step("migrate") as s:
                 s.detail = migrate(app, release)
         with step("answer") as s:
-            s.detail = in_release(
-                app, release,
-                [python, "-c", CHECK, server, entry, app.cfg["health_path"], app.cfg["health_host"]],
-                f"{app.name}: release {release} does not answer {app.cfg['health_path']} before the switch",
-            )  # fmt: skip
+            s.detail = answer_gate(app, release)
     except ReleaseError as exc:
         raise ReleaseError(
             f"{exc}\n  nothing switched: {live or 'no release'} still live; {discard(app, release)}"
@@ -746,6 +757,34 @@ def cmd_activate(args) -> int:
             app, args.release, do_migrate=not args.skip_migrate, action="deploy", note=args.note
         )
     print(f"{app.name}: {'ACTIVATED' if changed else 'unchanged'} {args.release}")
+    return 0
+
+
+def cmd_restart(args) -> int:
+    """Restart the live release with the settings now on disk (env file, config files, units),
+    through the gates: the app must build and answer with them, as the app, in its sandbox,
+    before the running processes are replaced; else they keep serving."""
+    app = App(args.app, args.config_dir)
+    with app.lock():
+        live = app.live()
+        if live is None:
+            print(f"{app.name}: no live release, nothing to restart")
+            return 0
+        try:
+            with step("check") as s:
+                s.detail = check_gate(app, live)
+            with step("answer") as s:
+                s.detail = answer_gate(app, live)
+        except ReleaseError as exc:
+            raise ReleaseError(
+                f"{exc}\n  NOT restarted: {app.cfg['service']} keeps serving {live} with the settings it "
+                "started with; it fails the same way at its next start until the settings are fixed"
+            ) from None
+        with step("restart"):
+            restart(app)
+        with step("health") as s:
+            s.detail = wait_healthy(app)
+    print(f"{app.name}: restarted {live} with its current settings")
     return 0
 
 
@@ -880,6 +919,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-migrate", action="store_true", help="another host runs the migrations")
     s.add_argument("--note", default="", help="kept in the history (who, which commit)")
     s.set_defaults(func=cmd_activate)
+    s = sub.add_parser("restart", help="restart the live release with its settings now, through the gates")
+    s.add_argument("app")
+    s.set_defaults(func=cmd_restart)
     s = sub.add_parser("rollback", help="put the previous release (or the given one) live again")
     s.add_argument("app")
     s.add_argument("release", nargs="?")

@@ -104,7 +104,7 @@ def test_a_release_whose_health_check_fails_never_serves(demo, tmp_path):
     before = page()
     result = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, f"sick-{RUN}", breaks_health)))
     assert result.returncode == 1
-    assert "does not answer /healthz before the switch" in result.output
+    assert "does not answer /healthz (one WSGI call, before it serves)" in result.output
     assert "503" in result.output
     assert page() == before
 

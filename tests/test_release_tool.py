@@ -341,7 +341,7 @@ def test_a_release_that_fails_its_health_path_before_the_switch_never_goes_live(
     sick = host.release("sick", answer="503 Service Unavailable")
     result = host.tool("activate", "site", sick)
     assert result.returncode == 1
-    assert f"release {sick} does not answer /healthz before the switch" in result.stderr
+    assert f"release {sick} does not answer /healthz (one WSGI call, before it serves)" in result.stderr
     assert "GET /healthz answered 503 Service Unavailable" in result.stderr
     assert host.live() == good
     assert not (host.home / "releases" / sick).exists()
@@ -573,3 +573,23 @@ def test_a_project_that_does_not_build_says_why_in_the_backends_words(tmp_path):
         "flit_core.config.ConfigError: description must be specified under [project] "
         "or listed as a dynamic field"
     ]
+
+
+def test_restart_goes_through_the_gates_and_keeps_serving_when_they_fail(host):
+    """A settings change restarts the live release only if it builds and answers with them."""
+    marker = host.tmp / "restarted"
+    host.write_settings(restart_command=["touch", str(marker)])
+    live = host.release("one")
+    assert host.tool("activate", "site", live).returncode == 0
+    marker.unlink()
+    ok = host.tool("restart", "site")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert marker.exists() and f"site: restarted {live}" in ok.stdout
+    marker.unlink()
+    # Settings the app answers 500 with (here: its answer file).
+    (host.home / "releases" / live / "siteapp" / "answer.txt").write_text("500 Internal Server Error")
+    refused = host.tool("restart", "site")
+    assert refused.returncode != 0
+    assert "NOT restarted: site.service keeps serving" in refused.stderr, refused.stderr
+    assert not marker.exists()
+    assert host.live() == live
