@@ -13,6 +13,7 @@ name the variable exactly (``flaskstack_apps[1].name``) and never a secret.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import Counter
@@ -125,9 +126,8 @@ def app_errors(apps: list, defaults: dict, keep_releases=UNSET, base_dir: str | 
             errors.append(f"flaskstack_apps[{i}].{problem}")
         # Host names are case-insensitive; an app with TLS answers on its HTTPS port too.
         ports = [app.get("http_port")] + ([app.get("https_port")] if app.get("tls") != "off" else [])
-        for host in app.get("server_names") or []:
-            for port in ports:
-                claims[f"{str(host).lower().rstrip('.')}:{port}"] += 1
+        names = {str(host).lower().rstrip(".") for host in app.get("server_names") or []}
+        claims.update({f"{host}:{port}" for host in names for port in ports})
     shared = [claim for claim, n in claims.items() if n > 1]
     if shared:
         errors.append(f"flaskstack_apps: more than one present app answers for {', '.join(shared)}.")
@@ -237,16 +237,17 @@ def _source(app: dict, modules: bool = True) -> str:
     try:
         project = packaging.read_project(src, app["requirements"])
     except packaging.WheelhouseError as exc:
-        return f"requirements ({n}): {exc}."
+        return f"{exc.setting} ({n}): {exc}."
     module = app["entry_point"].split(":")[0]
     found = module_file(src, module)
-    if modules and project.shape == "requirements" and found and found.parts[len(src.parts)] == "src":
+    if modules and not project.wheel and found and found.parts[len(src.parts)] == "src":
         return (
             f"entry_point ({n}): module {_json(module)} is in {src}/src (the src layout), which only an "
-            f"installed project can import: give it a pyproject.toml with a [project] table (PEP 621)."
+            "installed project can import: give it a pyproject.toml with a [project] table (PEP 621) "
+            "and a [build-system]."
         )
     # An installed project's modules may lie anywhere its build backend is told to look.
-    if modules and not found and project.shape == "requirements":
+    if modules and not found and not project.wheel:
         path = module.replace(".", "/")
         return (
             f"entry_point ({n}): module {_json(module)} is not in {src} (no {path}.py or {path}/__init__.py)."
@@ -266,24 +267,36 @@ def module_file(src: Path, module: str) -> Path | None:
 
 def project(app: dict) -> dict:
     """How a present app's source is installed, as the deploy reports it: shape
-    ("requirements" or "wheel"), a description, notes, and whether the app's code is
-    imported from the venv (an installed project whose module is not at the source's root,
-    the src layout) rather than from the release's folder. {} when the source cannot be read
-    (the checks say why)."""
+    ("requirements", "project" or "wheel"), a description, notes, and the packages an
+    installed project's code is imported from the venv by (its src/ packages, and the
+    entry point's module unless it lies at the source's root): Flask keeps their instance
+    folders in the venv. {} when the source cannot be read (the checks say why)."""
     src = Path(str(app.get("src"))).resolve()
     try:
         found = packaging.read_project(src, app.get("requirements") or packaging.REQUIREMENTS)
     except (packaging.WheelhouseError, OSError):
         return {}
     module = str(app.get("entry_point")).split(":")[0]
-    at_root = module_file(src, module)
-    from_venv = found.wheel and not (at_root and at_root.parts[len(src.parts)] != "src")
+    located = module_file(src, module)
+    from_venv: list[str] = []
+    if found.wheel:
+        with contextlib.suppress(OSError):
+            from_venv = sorted(p.parent.name for p in (src / "src").glob("*/__init__.py"))
+        if not (located and located.parts[len(src.parts)] != "src"):
+            # Flask names the folder after the app's import name: the package's, or the module's.
+            from_venv += [
+                name for name in dict.fromkeys([module.split(".")[0], module]) if name not in from_venv
+            ]
     notes = list(found.notes)
     static = str(app.get("static_dir"))
     if not (src / static).is_dir():
-        others = sorted(p.relative_to(src).as_posix() for p in src.glob("**/static") if p.is_dir())
         exclude = list(app.get("exclude") or [])
-        others = [p for p in others if not any(packaging.excluded(part, exclude) for part in p.split("/"))]
+        others = sorted(
+            p.relative_to(src).as_posix()
+            for pattern in ("static", "*/static", "*/*/static")
+            for p in src.glob(pattern)
+            if p.is_dir() and not any(packaging.excluded(part, exclude) for part in p.relative_to(src).parts)
+        )
         notes.append(
             f"static_dir {static} is not in the source: nginx answers 404 under {app.get('static_url')}"
             + (f" (set static_dir: {others[0]})" if others else "")
@@ -293,7 +306,6 @@ def project(app: dict) -> dict:
         "description": found.describe() + ("; imported from the venv" if from_venv else ""),
         "notes": notes,
         "from_venv": from_venv,
-        "module": module,
     }
 
 
@@ -443,9 +455,12 @@ def resolve(
         app["project"] = project(app) if _present(app) else {}
         app.update(paths(app, layout, health_host))
         # What a release is made of besides its source: part of its content-hashed id.
-        app["release_extra"] = app["server_packages"] + [
-            f"shared {s['kind']} {s['path']}" for s in app["shared"]
-        ]
+        app["release_extra"] = (
+            app["server_packages"]
+            + [f"shared {s['kind']} {s['path']}" for s in app["shared"]]
+            # How it is installed (a release of a built project carries its wheel).
+            + ([f"install {app['project']['shape']}"] if app["project"].get("shape") == "wheel" else [])
+        )
         resolved.append(app)
     return resolved
 
@@ -475,12 +490,11 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
     # An installed project's Flask instance folder is <venv>/var/<module>-instance (Flask's
     # docs: "Deploying to Production"): linked to the same shared instance folder, so data
     # and config files live in one place whichever shape the project has.
-    installed = app.get("project") or {}
-    if installed.get("from_venv") and "instance" in (app.get("shared_dirs") or []):
-        root_module = installed["module"].split(".")[0]
-        shared.append(
-            {"path": f"{VENV}/var/{root_module}-instance", "kind": "dir", "target": f"{home}/shared/instance"}
-        )
+    if "instance" in (app.get("shared_dirs") or []):
+        shared += [
+            {"path": f"{VENV}/var/{name}-instance", "kind": "dir", "target": f"{home}/shared/instance"}
+            for name in (app.get("project") or {}).get("from_venv") or []
+        ]
     # Config files live in shared/ too; one outside every shared folder gets a link of its own.
     dirs = [s["path"] for s in shared if s["kind"] == "dir"]
     linked_configs = [

@@ -131,7 +131,12 @@ SERVER_REQUIREMENTS = WHEELHOUSE_COMPLETE
 
 
 class WheelhouseError(Exception):
-    """pip could not find wheels for the target: the message carries pip's reason."""
+    """pip could not find wheels for the target, or the project cannot be read: the message
+    carries the reason; setting is the app's setting it concerns (requirements or src)."""
+
+    def __init__(self, message: str, setting: str = "requirements"):
+        super().__init__(message)
+        self.setting = setting
 
 
 CONSTRAINTS = "constraints.txt"
@@ -210,9 +215,14 @@ class Project:
     def describe(self) -> str:
         lines = len(self.requirements.splitlines())
         count = f"{lines} requirement{'' if lines == 1 else 's'}"
-        if not self.wheel:
-            return f"requirements file {self.files[0]} ({count}); the code runs from the release"
         pinned = f", pinned by {' and '.join(self.files[1:])}" if self.files[1:] else ""
+        if self.shape == "requirements":
+            return f"requirements file {self.files[0]} ({count}); the code runs from the release"
+        if self.shape == "project":
+            return (
+                f"pyproject.toml project {self.name} {self.version} without [build-system], not built: "
+                f"{count}{pinned}; the code runs from the release"
+            )
         return (
             f"pyproject.toml project {self.name} {self.version}, built as a wheel and installed with "
             f"{count}{pinned}"
@@ -220,15 +230,19 @@ class Project:
 
 
 def read_project(src: Path, requirements: str = REQUIREMENTS) -> Project:
-    """The project in src: a pyproject.toml with a [project] table (PEP 621) is built as a
-    wheel, else the requirements file is read. Raises WheelhouseError saying what is missing."""
+    """The project in src. A pyproject.toml with a [project] table (PEP 621) and a
+    [build-system] is built as a wheel ("wheel"); one without [build-system] (an app as
+    `uv init` makes it, or tool.uv.package = false) is not built, its dependencies are
+    installed and its code runs from the release ("project"); else the requirements file
+    is read ("requirements"). Raises WheelhouseError saying what is missing."""
     pyproject, req = src / PYPROJECT, src / requirements
-    table = None
+    data: dict = {}
     if pyproject.is_file():
         try:
-            table = tomllib.loads(pyproject.read_text()).get("project")
+            data = tomllib.loads(pyproject.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise WheelhouseError(f"{pyproject} is not valid TOML: {exc}") from None
+            raise WheelhouseError(f"{pyproject} is not valid TOML: {exc}", "src") from None
+    table = data.get("project")
     if table is None:
         if req.is_file():  # a pyproject.toml of tool settings only (ruff, pytest) changes nothing
             return Project("requirements", *read_requirements(req), (requirements,))
@@ -237,17 +251,24 @@ def read_project(src: Path, requirements: str = REQUIREMENTS) -> Project:
         if pyproject.is_file():
             raise WheelhouseError(
                 f"{pyproject} has no [project] table (PEP 621) and there is no {requirements}: "
-                f"flaskstack cannot tell what to install{hint}"
+                f"flaskstack cannot tell what to install{hint}",
+                "src",
             )
         raise WheelhouseError(
             f"{req} does not exist, and there is no {PYPROJECT} with a [project] table{hint}"
         )
+    uv = data.get("tool", {}).get("uv", {}) if isinstance(data.get("tool"), dict) else {}
+    built = isinstance(data.get("build-system"), dict) and not (
+        isinstance(uv, dict) and uv.get("package") is False
+    )
     if not isinstance(table, dict) or not isinstance(table.get("name"), str):
-        raise WheelhouseError(f"{pyproject}: [project] has no name")
+        raise WheelhouseError(f"{pyproject}: [project] has no name", "src")
     dynamic = table.get("dynamic") or []
     deps = table.get("dependencies") or []
     if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
-        raise WheelhouseError(f"{pyproject}: [project] dependencies is not a list of requirement strings")
+        raise WheelhouseError(
+            f"{pyproject}: [project] dependencies is not a list of requirement strings", "src"
+        )
     files, notes = [PYPROJECT], []
     if req.is_file():
         reqs, cons = read_requirements(req)
@@ -259,7 +280,8 @@ def read_project(src: Path, requirements: str = REQUIREMENTS) -> Project:
     elif "dependencies" in dynamic:
         raise WheelhouseError(
             f"{pyproject}: its dependencies are dynamic ([project] dynamic), so they cannot be read "
-            f"without building it: list them in {requirements}"
+            f"without building it: list them in {requirements}",
+            "src",
         )
     else:
         lines, cons = list(deps), ""
@@ -275,8 +297,9 @@ def read_project(src: Path, requirements: str = REQUIREMENTS) -> Project:
         files.append(CONSTRAINTS)
     version = table.get("version") if "version" not in dynamic else "(dynamic version)"
     requirement_lines = "".join(f"{line}\n" for line in lines)
+    shape = "wheel" if built else "project"
     return Project(
-        "wheel", requirement_lines, cons, tuple(files), table["name"], str(version or ""), tuple(notes)
+        shape, requirement_lines, cons, tuple(files), table["name"], str(version or ""), tuple(notes)
     )
 
 
@@ -323,8 +346,10 @@ def build_project_wheel(src: Path, name: str, exclude: list[str], release: str, 
                 "(a platform wheel belongs in the requirements, built where it runs)"
             )
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(wheels[0], folder / f".{wheels[0].name}.partial")
-        (folder / f".{wheels[0].name}.partial").replace(folder / wheels[0].name)
+        # Each host's lookup runs in a process of its own: one partial file each.
+        partial = folder / f".{wheels[0].name}.partial-{os.getpid()}"
+        shutil.copy2(wheels[0], partial)
+        partial.replace(folder / wheels[0].name)
     return folder / wheels[0].name
 
 

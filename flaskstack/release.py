@@ -464,6 +464,8 @@ def build_venv(app: App, rel: Path, wheelhouse: Path, key: str) -> str:
         # Hard links: no data is copied and no disk is spent. The files of a venv are
         # never changed in place after it is built; pip replaces files, never rewrites them.
         run(["cp", "-al", str(source), str(venv)], f"link the venv of {same[0]}")
+        # The source's mark of a complete venv: this one is complete only when prepare says so.
+        (venv / VENV_MARKER).unlink()
         # A venv names its own path in its scripts' #! lines, activate scripts and
         # pyvenv.cfg: those get a new file of their own (the source keeps its inode).
         old, new = str(source).encode(), str(venv).encode()
@@ -576,7 +578,10 @@ def cmd_prepare(args) -> int:
                 s.detail = build_venv(app, rel, wheelhouse, args.wheelhouse) + install_project(rel)
                 link_shared(app, rel, in_venv=True)
                 compile_release(app, rel)
-                (rel / VENV / VENV_MARKER).write_text(args.wheelhouse + "\n")
+                # Written last, as a new file: its presence means the whole release is there.
+                mark = rel / VENV / f".{VENV_MARKER}.partial"
+                mark.write_text(args.wheelhouse + "\n")
+                os.replace(mark, rel / VENV / VENV_MARKER)
         except (ReleaseError, OSError) as exc:
             shutil.rmtree(rel, ignore_errors=True)
             raise ReleaseError(f"{app.name}: release {args.release} could not be prepared: {exc}") from None
@@ -777,8 +782,9 @@ def cmd_restart(args) -> int:
                 s.detail = answer_gate(app, live)
         except ReleaseError as exc:
             raise ReleaseError(
-                f"{exc}\n  NOT restarted: {app.cfg['service']} keeps serving {live} with the settings it "
-                "started with; it fails the same way at its next start until the settings are fixed"
+                f"{exc}\n  NOT restarted: the running {app.cfg['service']} keeps serving {live}; the new "
+                "settings are on disk, so any process that starts from now on (a worker respawned, the "
+                "next start) fails the same way until they are fixed"
             ) from None
         with step("restart"):
             restart(app)

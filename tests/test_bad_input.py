@@ -112,7 +112,7 @@ CASES = {
     ),
     "a pyproject.toml without a [project] table": (
         {"flaskstack_apps": [app(src=str(ROOT / "tests" / "data" / "tool-settings-only"))]},
-        r"flaskstack_apps\[0\]\.requirements \(hello\): .*pyproject.toml has no \[project\] table "
+        r"flaskstack_apps\[0\]\.src \(hello\): .*pyproject.toml has no \[project\] table "
         r"\(PEP 621\) and there is no requirements.txt: flaskstack cannot tell what to install; "
         r"export poetry.lock: poetry export -o requirements.txt",
     ),

@@ -12,7 +12,10 @@ from flaskstack import model, packaging
 from flaskstack.packaging import WheelhouseError, read_project
 
 APPS = Path(__file__).resolve().parent / "apps"
-PROJECT = '[project]\nname = "shop"\nversion = "2.0"\ndependencies = ["flask>=3", "redis"]\n'
+# An app as `uv init` makes it (no [build-system]), and the same one built with flit.
+UNBUILT = '[project]\nname = "shop"\nversion = "2.0"\ndependencies = ["flask>=3", "redis"]\n'
+BUILD = '[build-system]\nrequires = ["flit_core<4"]\nbuild-backend = "flit_core.buildapi"\n'
+PROJECT = UNBUILT + BUILD
 
 
 def tree(folder: Path, files: dict[str, str]) -> Path:
@@ -134,7 +137,7 @@ def test_the_model_says_where_the_code_is_imported_from(app, entry_point, from_v
     found = model.project(
         {"src": str(APPS / app), "entry_point": entry_point, "static_dir": "static", "exclude": []}
     )
-    assert found["from_venv"] is from_venv
+    assert bool(found["from_venv"]) is from_venv
     assert found["description"].endswith("imported from the venv") is from_venv
 
 
@@ -143,7 +146,7 @@ def test_an_installed_projects_instance_folder_links_to_the_shared_one():
         "name": "kv",
         "server_names": ["kv.test"],
         "shared_dirs": ["instance"],
-        "project": {"from_venv": True, "module": "kvstore"},
+        "project": {"from_venv": ["kvstore"]},
     }
     paths = model.paths(app, model.Layout("/srv", "/etc/flaskstack", "/run/flaskstack"))
     assert {"path": "venv/var/kvstore-instance", "kind": "dir", "target": "/srv/kv/shared/instance"} in paths[
@@ -161,3 +164,42 @@ def test_a_missing_static_folder_is_noted_with_the_one_found():
         "static_dir static is not in the source: nginx answers 404 under /static/ "
         "(set static_dir: flaskr/static)"
     ]
+
+
+def test_a_project_without_build_system_is_not_built(tmp_path):
+    """An app as `uv init` makes it: dependencies from pyproject.toml, code run from the release."""
+    project = read_project(tree(tmp_path, {"pyproject.toml": UNBUILT, "requirements.txt": "flask==3.1.3\n"}))
+    assert (project.shape, project.wheel) == ("project", False)
+    assert project.requirements.splitlines() == ["flask==3.1.3", "flask>=3", "redis"]
+    assert "not built" in project.describe() and project.describe().endswith("the code runs from the release")
+
+
+def test_uv_package_false_is_not_built(tmp_path):
+    text = PROJECT
+    assert read_project(tree(tmp_path, {"pyproject.toml": text})).wheel
+    text += "[tool.uv]\npackage = false\n"
+    assert read_project(tree(tmp_path, {"pyproject.toml": text})).shape == "project"
+
+
+def test_a_src_package_imported_through_a_root_module_gets_its_instance_folder_linked(tmp_path):
+    """wsgi.py at the root importing a src/ package: the package is the venv's, and so its instance folder."""
+    tree(
+        tmp_path,
+        {
+            "pyproject.toml": PROJECT,
+            "src/shop/__init__.py": "",
+            "wsgi.py": "from shop import app\n",
+        },
+    )
+    found = model.project(
+        {"src": str(tmp_path), "entry_point": "wsgi:app", "static_dir": "static", "exclude": []}
+    )
+    assert found["from_venv"] == ["shop"]
+
+
+def test_one_app_answering_for_a_name_in_two_cases_is_no_collision():
+    apps = [{"name": "shop", "src": str(APPS / "single"), "entry_point": "app:app",
+             "server_names": ["shop.test", "SHOP.test"], "tls": "self-signed"}]  # fmt: skip
+    defaults = {"state": "present", "requirements": "requirements.txt", "http_port": 80, "https_port": 443,
+                "static_url": "/static/", "static_dir": "static", "health_path": "/healthz"}  # fmt: skip
+    assert model.app_errors(apps, defaults) == []

@@ -492,7 +492,7 @@ def test_a_src_layout_project_is_installed_as_a_wheel_and_each_release_keeps_its
             "name": "site",
             "server_names": ["site.test"],
             "shared_dirs": ["instance"],
-            "project": {"from_venv": True, "module": "siteapp"},
+            "project": {"from_venv": ["siteapp"]},
         },
         model.Layout(root=str(host.tmp / "srv"), config_dir=str(host.config_dir), run_dir=str(host.tmp)),
     )
@@ -590,6 +590,6 @@ def test_restart_goes_through_the_gates_and_keeps_serving_when_they_fail(host):
     (host.home / "releases" / live / "siteapp" / "answer.txt").write_text("500 Internal Server Error")
     refused = host.tool("restart", "site")
     assert refused.returncode != 0
-    assert "NOT restarted: site.service keeps serving" in refused.stderr, refused.stderr
+    assert "NOT restarted: the running site.service keeps serving" in refused.stderr, refused.stderr
     assert not marker.exists()
     assert host.live() == live
