@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flaskstack import packaging, templates
-from flaskstack.release import PROJECT_WHEEL_DIR, RELEASE_SETTINGS, REVISION, VENV
+from flaskstack.release import NAME_RE, PROJECT_WHEEL_DIR, RELEASE_SETTINGS, REVISION, VENV
 
 # Where the on-host tool lives. The module (flaskstack/release.py, standard
 # library only) is copied to TOOL_MODULE; TOOL is a small wrapper rendered from
@@ -40,7 +40,6 @@ CONFIG_FORMS = ("template", "python", "dotenv")
 # Each app server's settings file, in the app's config folder.
 SERVER_CONFIG = {"gunicorn": "gunicorn.conf.py", "uwsgi": "uwsgi.ini"}
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 # module:callable, or module:factory(args), as gunicorn and uWSGI take it.
 ENTRY_POINT_RE = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\(.*\))?$"

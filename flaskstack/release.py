@@ -47,11 +47,13 @@ import argparse
 import contextlib
 import fcntl
 import http.client
+import io
 import json
 import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -74,6 +76,8 @@ PROJECT_WHEEL_DIR = ".flaskstack-wheel"
 SANDBOX_BEGIN = "# --- sandbox: every gate and `flaskstack-release run` get these lines too ---"
 SANDBOX_END = "# --- end of sandbox ---"
 INIT_MARKER = ".flaskstack-init-done"
+# An app's name: a system user and a systemd unit name (the app model checks it too).
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 
 # Run inside the release's venv as the app user: build the app as its app server
 # would (argv: server, entry point), then, with a path, call it once as WSGI with
@@ -136,6 +140,68 @@ class ReleaseError(Exception):
     """A step failed; the message says which, for which app and release, and why."""
 
 
+class Interrupted(BaseException):
+    """SIGTERM (or SIGINT) while the tool changes an app: handled like any failure."""
+
+
+# History actions besides deploy, rollback and auto-rollback (the ones that put a release
+# live): an activation about to switch, one that failed with nothing to switch back to,
+# and a pending one found not to have switched.
+PENDING, FAILED, ABANDONED = "pending", "failed", "abandoned"
+SERVED = ("deploy", "rollback", "auto-rollback")
+
+
+def _interrupted(signum, frame):
+    # Once: the switch-back that follows must not be cut short by a second signal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """SIGINT and SIGTERM wait until the block is done (a switch-back is never half done)."""
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+class SafeOutput(io.TextIOBase):
+    """stdout that outlives its reader: a client that went away (EPIPE, EIO) loses the rest of
+    the output, and the tool goes on to the end (the history records what happened)."""
+
+    def __init__(self, stream):
+        self.stream, self.lost = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except OSError:
+                self.lost = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self.stream.flush()
+            except OSError:
+                self.lost = True
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in a folder durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 # -- settings and layout -------------------------------------------------------------
 
 
@@ -143,6 +209,8 @@ class App:
     """One app's settings (release.json) and the paths derived from them."""
 
     def __init__(self, name: str, config_dir: Path):
+        if not NAME_RE.match(name):
+            raise ReleaseError(f"{name!r} is not an app name (flaskstack_apps[].name: {NAME_RE.pattern})")
         path = config_dir / name / RELEASE_SETTINGS
         try:
             self.cfg = json.loads(path.read_text())
@@ -166,6 +234,16 @@ class App:
         # user, for the tool's own tests outside a systemd host.
         self.isolation = self.cfg.get("isolation", "systemd")
 
+    def upload(self, path: str) -> Path:
+        """An uploaded archive: only from the app's own upload folder (root's), never a path
+        elsewhere (the tool runs as root; whoever may run it must not make it read or delete
+        any file)."""
+        folder = Path(self.cfg.get("upload_dir") or self.home / "incoming").resolve()
+        found = Path(path).resolve()
+        if found.parent != folder:
+            raise ReleaseError(f"{self.name}: {path} is not in the app's upload folder {folder}")
+        return found
+
     def release_dir(self, release: str) -> Path:
         if not release or "/" in release or release.startswith("."):
             raise ReleaseError(f"{self.name}: {release!r} is not a release id")
@@ -188,23 +266,41 @@ class App:
         if not self.releases_dir.is_dir():
             return []
         last = {}
-        for entry in self.history():
+        for entry in self.served():
             when = datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
             last[entry["release"]] = when.timestamp()
         names = [p.name for p in self.releases_dir.iterdir() if p.is_dir() and self.prepared(p.name)]
         return sorted(names, key=lambda name: last.get(name, (self.releases_dir / name).stat().st_mtime))
 
     def history(self) -> list[dict]:
+        """Every readable line of the history; a torn one (a crash mid-write, a full disk) is
+        skipped and counted in self.torn, never fatal."""
         try:
-            lines = self.history_file.read_text().splitlines()
+            lines = self.history_file.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in lines if line.strip()]
+        entries, self.torn = [], 0
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict) and isinstance(entry.get("release"), str) and "time" in entry:
+                entries.append(entry)
+            else:
+                self.torn += 1
+        return entries
+
+    def served(self) -> list[dict]:
+        """The history's lines that put a release live (not pending, failed or abandoned ones)."""
+        return [entry for entry in self.history() if entry.get("action") in SERVED]
 
     def previous(self) -> str | None:
         """The release that was live before the live one and is still on disk."""
         live = self.live()
-        for entry in reversed(self.history()):
+        for entry in reversed(self.served()):
             was = entry.get("from")
             if entry["release"] == live and was and was != live and self.prepared(was):
                 return was
@@ -217,7 +313,7 @@ class App:
         return (self.wheelhouse_dir / key / WHEELHOUSE_COMPLETE).is_file()
 
     def ever_live(self, release: str) -> bool:
-        return any(entry["release"] == release for entry in self.history())
+        return any(entry["release"] == release for entry in self.served())
 
     def record(self, release: str, previous: str | None, action: str, note: str) -> None:
         entry = {
@@ -227,8 +323,16 @@ class App:
             "action": action,
             "note": note,
         }
-        with self.history_file.open("a") as history:
-            history.write(json.dumps(entry, sort_keys=True) + "\n")
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        fd = os.open(self.history_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            # A torn last line (no newline) must not swallow this one.
+            if os.fstat(fd).st_size and not self.history_file.read_bytes().endswith(b"\n"):
+                line = "\n" + line
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def lock(self, wait: float = 120):
@@ -368,8 +472,8 @@ def wait_healthy(app: App) -> str:
             if 200 <= status < 300:
                 return f"GET {app.cfg['health_path']} -> {status}"
             last = f"GET {app.cfg['health_path']} -> {status} {body.strip()[:200]}"
-        except OSError as exc:
-            last = f"GET {app.cfg['health_path']}: {exc}"
+        except (OSError, http.client.HTTPException) as exc:  # an answer http.client rejects too
+            last = f"GET {app.cfg['health_path']}: {why(exc)}"
         if time.monotonic() > deadline:
             raise ReleaseError(f"{app.name}: health check through {app.cfg['socket']} failed: {last}")
         time.sleep(0.5)
@@ -387,6 +491,7 @@ def switch(app: App, release: str) -> None:
         tmp.unlink()
     os.symlink(app.release_dir(release), tmp)
     os.replace(tmp, app.current)
+    fsync_dir(app.current.parent)
 
 
 def discard(app: App, release: str) -> str:
@@ -557,13 +662,15 @@ def cmd_prepare(args) -> int:
         if app.prepared(args.release):
             print(f"{app.name}: release {args.release} is already prepared")
             return 0
-        archive = Path(args.archive)
+        archive = app.upload(args.archive)
         if not archive.is_file():
             raise ReleaseError(f"{app.name}: no release archive {archive} on this host")
+        upload = app.upload(args.wheelhouse_archive) if args.wheelhouse_archive else None
+        if "/" in args.wheelhouse or args.wheelhouse.startswith("."):
+            raise ReleaseError(f"{app.name}: {args.wheelhouse!r} is not a wheelhouse key")
         shutil.rmtree(rel, ignore_errors=True)  # what a failed attempt left
         try:
             with step("wheels") as s:
-                upload = Path(args.wheelhouse_archive) if args.wheelhouse_archive else None
                 had = app.has_wheelhouse(args.wheelhouse)
                 wheelhouse = install_wheelhouse(app, args.wheelhouse, upload)
                 s.detail = f"wheelhouse {args.wheelhouse} {'reused' if had else 'unpacked'}"
@@ -579,17 +686,21 @@ def cmd_prepare(args) -> int:
                 link_shared(app, rel, in_venv=True)
                 compile_release(app, rel)
                 # Written last, as a new file: its presence means the whole release is there.
+                # Everything written so far is on disk before the mark says so: a crash must
+                # not leave a "prepared" release of empty files for later ones to link from.
+                os.sync()
                 mark = rel / VENV / f".{VENV_MARKER}.partial"
                 mark.write_text(args.wheelhouse + "\n")
                 os.replace(mark, rel / VENV / VENV_MARKER)
+                fsync_dir(rel / VENV)
         except (ReleaseError, OSError) as exc:
             shutil.rmtree(rel, ignore_errors=True)
             raise ReleaseError(f"{app.name}: release {args.release} could not be prepared: {exc}") from None
         finally:
             if args.remove_archive:
-                for upload in (args.archive, args.wheelhouse_archive):
-                    if upload:
-                        Path(upload).unlink(missing_ok=True)
+                for uploaded in (archive, upload):
+                    if uploaded:
+                        uploaded.unlink(missing_ok=True)
     print(f"{app.name}: release {args.release} prepared")
     return 0
 
@@ -705,12 +816,29 @@ def answer_gate(app: App, release: str) -> str:
     )  # fmt: skip
 
 
+def why(exc: BaseException) -> str:
+    """A failure in words: the tool's own message, or what else stopped it."""
+    if isinstance(exc, ReleaseError):
+        return str(exc)
+    if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+        return f"interrupted ({exc or 'SIGINT'})"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def activate(app: App, release: str, *, do_migrate: bool, action: str, note: str) -> bool:
-    """Put a prepared release live, or leave the live one serving and raise."""
+    """Put a prepared release live, or leave the live one serving and raise.
+
+    Whatever stops it once `current` has moved (a failed restart or health check, a
+    signal, an error of any kind) switches back to the release that was live, which is
+    checked again; an app's first release that fails is taken down rather than left
+    serving unchecked. A pending line in the history before the switch lets the next
+    command finish the job if this process dies (recover)."""
     if not app.prepared(release):
         raise ReleaseError(f"{app.name}: release {release} is not prepared on this host")
     live = app.live()
     if live == release:
+        with step("health") as s:  # live is not enough: it must answer
+            s.detail = wait_healthy(app)
         print(f"{app.name}: release {release} is already live")
         return False
     try:
@@ -727,37 +855,84 @@ def activate(app: App, release: str, *, do_migrate: bool, action: str, note: str
                 s.detail = migrate(app, release)
         with step("answer") as s:
             s.detail = answer_gate(app, release)
-    except ReleaseError as exc:
+    except BaseException as exc:  # noqa: BLE001 - a signal too: nothing has switched
         raise ReleaseError(
-            f"{exc}\n  nothing switched: {live or 'no release'} still live; {discard(app, release)}"
+            f"{why(exc)}\n  nothing switched: {live or 'no release'} still live; {discard(app, release)}"
         ) from None
-    with step("switch") as s:
-        switch(app, release)
-        s.detail = f"current -> releases/{release} (was {live or 'none'})"
+    app.record(release, live, PENDING, f"{action}: {note}")
     try:
+        with step("switch") as s:
+            switch(app, release)
+            s.detail = f"current -> releases/{release} (was {live or 'none'})"
         with step("restart"):
             restart(app)
         with step("health") as s:
             s.detail = wait_healthy(app)
-    except ReleaseError as exc:
-        if live is None:
-            raise ReleaseError(f"{exc}\n  no previous release to switch back to") from None
-        with step("rollback") as s:
-            switch(app, live)
-            restart(app)
-            s.detail = f"current -> releases/{live}; {wait_healthy(app)}"
-        app.record(live, release, "auto-rollback", f"{release} failed its health check")
-        raise ReleaseError(
-            f"{exc}\n  switched back to {live}, which answers; {discard(app, release)}"
-        ) from None
+    except BaseException as exc:  # noqa: BLE001 - whatever stops it, the release it put live goes
+        with deferred_signals():
+            raise ReleaseError(f"{why(exc)}\n  {switch_back(app, release, live)}") from None
     app.record(release, live, action, note)
-    prune(app, int(app.cfg["keep_releases"]))
+    try:
+        prune(app, int(app.cfg["keep_releases"]))
+    except (OSError, ReleaseError) as exc:  # the release is live and recorded: say so, do not fail
+        print(f"  prune    FAILED          {exc} (the release is live; nothing else changed)")
     return True
+
+
+def switch_back(app: App, release: str, live: str | None) -> str:
+    """After a failed activation of release: the previous one live again (checked), or, for an
+    app's first release, nothing serving. Records what it did; says it in words."""
+    if live is None:
+        with step("take down") as s:
+            with contextlib.suppress(FileNotFoundError):
+                app.current.unlink()
+            fsync_dir(app.current.parent)
+            argv = app.cfg.get("stop_command") or ["systemctl", "stop", app.cfg["service"]]
+            try:
+                stopped = subprocess.run(argv, capture_output=True, check=False).returncode == 0
+            except OSError:
+                stopped = False
+            s.detail = "current removed" + ("" if stopped else "; the service did not stop")
+        app.record(release, None, FAILED, f"{release} failed its health check; it was the first release")
+        return f"no previous release: nothing serves {app.name} now; {discard(app, release)}"
+    with step("rollback") as s:
+        switch(app, live)
+        restart(app)
+        s.detail = f"current -> releases/{live}; {wait_healthy(app)}"
+    app.record(live, release, "auto-rollback", f"{release} failed its health check")
+    return f"switched back to {live}, which answers; {discard(app, release)}"
+
+
+def recover(app: App) -> None:
+    """Finish what an activation that died after its pending line left (a killed process, a
+    power cut): the release it switched to stays if it answers, else the one before it
+    comes back. Run under the app's lock by every command that changes the app."""
+    entries = app.history()
+    if not entries or entries[-1].get("action") != PENDING:
+        return
+    pending = entries[-1]
+    release, before = pending["release"], pending.get("from")
+    action, _, note = str(pending.get("note", "")).partition(": ")
+    with step("recover") as s:
+        if app.live() != release:
+            app.record(app.live() or "", release, ABANDONED, f"an activation of {release} did not switch")
+            s.detail = f"an interrupted activation of {release} had not switched"
+            return
+        try:
+            restart(app)  # the process that died may not have restarted it: the new code must run
+            wait_healthy(app)
+            app.record(release, before, action or "deploy", f"{note} (finished after an interruption)")
+            s.detail = f"{release} was switched to and answers: recorded"
+        except ReleaseError as exc:
+            s.detail = f"{release} was switched to and does not answer ({exc}): " + switch_back(
+                app, release, before
+            )
 
 
 def cmd_activate(args) -> int:
     app = App(args.app, args.config_dir)
     with app.lock():
+        recover(app)
         changed = activate(
             app, args.release, do_migrate=not args.skip_migrate, action="deploy", note=args.note
         )
@@ -771,6 +946,7 @@ def cmd_restart(args) -> int:
     before the running processes are replaced; else they keep serving."""
     app = App(args.app, args.config_dir)
     with app.lock():
+        recover(app)
         live = app.live()
         if live is None:
             print(f"{app.name}: no live release, nothing to restart")
@@ -797,6 +973,7 @@ def cmd_restart(args) -> int:
 def cmd_rollback(args) -> int:
     app = App(args.app, args.config_dir)
     with app.lock():
+        recover(app)
         target = args.release or app.previous()
         if not target:
             raise ReleaseError(f"{app.name}: no previous release to roll back to")
@@ -839,7 +1016,7 @@ def cmd_prune(args) -> int:
 def release_rows(app: App) -> list[dict]:
     live, previous = app.live(), app.previous()
     last = {}
-    for entry in app.history():
+    for entry in app.served():
         last[entry["release"]] = entry
     rows = []
     for release in reversed(app.releases()):
@@ -880,8 +1057,9 @@ def cmd_status(args) -> int:
     try:
         code, _ = get_health(app)
         health = f"GET {app.cfg['health_path']} -> {code}"
-    except OSError as exc:
-        health = f"no answer: {exc}"
+    except (OSError, http.client.HTTPException) as exc:
+        health = f"no answer: {why(exc)}"
+    entries = app.history()
     status = {
         "app": app.name,
         "live": app.live(),
@@ -889,6 +1067,14 @@ def cmd_status(args) -> int:
         "service": active,
         "health": health,
     }
+    if entries and entries[-1].get("action") == PENDING:
+        status["pending"] = (
+            f"an activation of {entries[-1]['release']} was interrupted (the next deploy checks it)"
+        )
+    if getattr(app, "torn", 0):
+        status["history"] = (
+            f"{app.torn} torn line skipped" if app.torn == 1 else f"{app.torn} torn lines skipped"
+        )
     if args.json:
         print(json.dumps(status))
     else:
@@ -952,11 +1138,21 @@ def main(argv: list[str] | None, config_dir: str) -> int:
     """Run one command; config_dir is where <app>/release.json live (the wrapper names it)."""
     args = parser().parse_args(argv)
     args.config_dir = Path(config_dir)
+    if args.command != "run":  # run's command is the client's: it goes with it
+        # The client may go away (Ctrl-C, a dropped connection) at any time: the tool finishes
+        # what it started, or undoes it, and the history says which.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, _interrupted)
+        signal.signal(signal.SIGTERM, _interrupted)
+        sys.stdout, sys.stderr = SafeOutput(sys.stdout), SafeOutput(sys.stderr)
     try:
         return args.func(args)
     except ReleaseError as exc:
         print(f"flaskstack-release: {exc}", file=sys.stderr)
         return 1
+    except (Interrupted, KeyboardInterrupt) as exc:
+        print(f"flaskstack-release: {why(exc)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

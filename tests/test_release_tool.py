@@ -13,10 +13,13 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
+import signal
 import socketserver
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -140,10 +143,23 @@ class Host:
         (src / "requirements.txt").write_text("tinydep==1.0\n")
         release = build_release(src, "site", [], [], self.tmp / "cache")
         result = self.tool(
-            "prepare", "site", release.id, "--archive", release.archive, "--wheelhouse", WHEELHOUSE
+            "prepare",
+            "site",
+            release.id,
+            "--archive",
+            self.upload(release.archive),
+            "--wheelhouse",
+            WHEELHOUSE,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         return release.id
+
+    def upload(self, archive: str) -> str:
+        """Where fab and Ansible put an archive: the app's upload folder (the tool takes no other)."""
+        folder = self.home / "incoming"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(archive, folder / Path(archive).name)
+        return str(folder / Path(archive).name)
 
     def live(self) -> str | None:
         current = self.home / "current"
@@ -164,7 +180,11 @@ def host(tmp_path):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             try:
-                code = int((host.home / "current" / "live.txt").read_text())
+                text = (host.home / "current" / "live.txt").read_text().strip()
+                if text == "garbage":  # an answer http.client rejects (BadStatusLine)
+                    self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+                    return
+                code = int(text)
             except (OSError, ValueError):
                 code = 502
             self.send_response(code)
@@ -297,7 +317,8 @@ def test_activating_the_live_release_changes_nothing(host):
     again = host.tool("activate", "site", first)
     assert again.returncode == 0
     assert f"unchanged {first}" in again.stdout
-    assert len((host.home / "history.jsonl").read_text().splitlines()) == 1
+    actions = [json.loads(line)["action"] for line in (host.home / "history.jsonl").read_text().splitlines()]
+    assert actions == ["pending", "deploy"]  # the second activate wrote nothing
 
 
 def test_a_second_release_links_the_venv_and_fixes_its_paths(host):
@@ -442,7 +463,7 @@ def test_prepare_without_the_wheelhouse_fails_and_leaves_no_release(host):
     (src / "app.py").write_text("")
     release = build_release(src, "site", [], [], host.tmp / "cache")
     result = host.tool(
-        "prepare", "site", release.id, "--archive", release.archive, "--wheelhouse", "cp311-nope"
+        "prepare", "site", release.id, "--archive", host.upload(release.archive), "--wheelhouse", "cp311-nope"
     )
     assert result.returncode == 1
     assert "no wheelhouse" in result.stderr and "cp311-nope" in result.stderr
@@ -511,7 +532,13 @@ def test_a_src_layout_project_is_installed_as_a_wheel_and_each_release_keeps_its
         release = build_release(src, "site", [], [], host.tmp / "cache", project)
         assert not (src / "build").exists() and not list(src.glob("*.egg-info"))  # src stays as it was
         result = host.tool(
-            "prepare", "site", release.id, "--archive", release.archive, "--wheelhouse", WHEELHOUSE
+            "prepare",
+            "site",
+            release.id,
+            "--archive",
+            host.upload(release.archive),
+            "--wheelhouse",
+            WHEELHOUSE,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "siteapp-1.0-py2.py3-none-any.whl installed" in result.stdout
@@ -551,7 +578,7 @@ def test_a_project_missing_a_dependency_is_refused_when_prepared(host):
     )
     release = build_release(src, "site", [], [], host.tmp / "cache", read_project(src))
     result = host.tool(
-        "prepare", "site", release.id, "--archive", release.archive, "--wheelhouse", WHEELHOUSE
+        "prepare", "site", release.id, "--archive", host.upload(release.archive), "--wheelhouse", WHEELHOUSE
     )
     assert result.returncode != 0
     assert "notinthewheelhouse" in result.stdout + result.stderr
@@ -593,3 +620,130 @@ def test_restart_goes_through_the_gates_and_keeps_serving_when_they_fail(host):
     assert "NOT restarted: the running site.service keeps serving" in refused.stderr, refused.stderr
     assert not marker.exists()
     assert host.live() == live
+
+
+# -- faults: the client gone, signals, torn history, a process that died mid-activation --------
+
+
+def history(host) -> list[dict]:
+    return [
+        json.loads(line) for line in (host.home / "history.jsonl").read_text().splitlines() if line.strip()
+    ]
+
+
+def test_a_torn_history_line_is_skipped_and_the_next_line_starts_on_its_own(host):
+    first = host.release("one")
+    assert host.tool("activate", "site", first).returncode == 0
+    with (host.home / "history.jsonl").open("a") as log:
+        log.write('{"action": "deploy", "release": "tor')  # a power cut mid-write
+    assert host.tool("releases", "site").returncode == 0
+    status = host.tool("status", "site")
+    assert "1 torn line skipped" in status.stdout, status.stdout + status.stderr
+    second = host.release("two")
+    activated = host.tool("activate", "site", second)
+    assert activated.returncode == 0, activated.stdout + activated.stderr
+    assert host.live() == second
+    lines = (host.home / "history.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["action"] == "deploy" and lines[-3].endswith('"tor')
+
+
+def test_the_activation_finishes_when_its_client_goes_away(host):
+    """The SSH client killed: stdout is a closed pipe. The tool does not stop at its next print."""
+    first = host.release("one")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TOOL, str(host.config_dir), "activate", "site", first],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 0
+    assert host.live() == first and history(host)[-1]["action"] == "deploy"
+
+
+def test_a_signal_after_the_switch_switches_back(host):
+    first = host.release("one")
+    host.tool("activate", "site", first)
+    second = host.release("two", live="500")  # fails its health once live: the tool waits, retrying
+    host.write_settings(health_timeout=30)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TOOL, str(host.config_dir), "activate", "site", second],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while host.live() != second and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    assert "interrupted (SIGTERM)" in err and f"switched back to {first}, which answers" in err
+    assert host.live() == first
+    assert [e["action"] for e in history(host)][-2:] == ["pending", "auto-rollback"]
+
+
+def test_an_answer_http_client_rejects_switches_back(host):
+    first = host.release("one")
+    host.tool("activate", "site", first)
+    second = host.release("two", live="garbage")
+    result = host.tool("activate", "site", second)
+    assert result.returncode == 1
+    assert "BadStatusLine" in result.stderr and f"switched back to {first}" in result.stderr
+    assert host.live() == first
+
+
+def test_a_first_release_that_fails_its_health_is_taken_down_and_not_already_live(host):
+    first = host.release("one", live="500")
+    host.write_settings(stop_command=["true"])
+    result = host.tool("activate", "site", first)
+    assert result.returncode == 1
+    assert "nothing serves site now" in result.stderr, result.stderr
+    assert host.live() is None and history(host)[-1]["action"] == "failed"
+
+
+def test_already_live_is_not_enough_it_must_answer(host):
+    first = host.release("one")
+    assert host.tool("activate", "site", first).returncode == 0
+    (host.home / "releases" / first / "live.txt").write_text("500")
+    again = host.tool("activate", "site", first)
+    assert again.returncode == 1 and "health check" in again.stderr
+
+
+@pytest.mark.parametrize("answers, outcome", [("200", "deploy"), ("500", "auto-rollback")])
+def test_an_activation_that_died_after_the_switch_is_finished_by_the_next_command(host, answers, outcome):
+    """kill -9 (or a power cut) between the switch and the history line: the pending line tells
+    the next command what to check."""
+    first = host.release("one")
+    host.tool("activate", "site", first)
+    second = host.release("two", live=answers)
+    # What the dead process left: a pending line, and current moved.
+    with (host.home / "history.jsonl").open("a") as log:
+        log.write(json.dumps({"action": "pending", "from": first, "note": "deploy: fab", "release": second,
+                              "time": "2026-11-25T00:00:00.000000Z"}) + "\n")  # fmt: skip
+    os.remove(host.home / "current")
+    os.symlink(host.home / "releases" / second, host.home / "current")
+    result = host.tool("restart", "site")
+    assert "recover" in result.stdout, result.stdout + result.stderr
+    assert host.live() == (second if answers == "200" else first)
+    assert outcome in [e["action"] for e in history(host)][-2:]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["status", "../site"], "'../site' is not an app name"),
+        (
+            ["prepare", "site", "x", "--archive", "/etc/shadow", "--wheelhouse", "k"],
+            "/etc/shadow is not in the app's upload folder",
+        ),
+        (
+            ["prepare", "site", "x", "--archive", "{incoming}/x.tar.gz", "--wheelhouse", "k",
+             "--wheelhouse-archive", "/etc/passwd", "--remove-archive"],
+            "/etc/passwd is not in the app's upload folder",
+        ),
+    ],
+)  # fmt: skip
+def test_the_tool_takes_only_its_own_names_and_files(host, argv, message):
+    (host.home / "incoming").mkdir(exist_ok=True)
+    (host.home / "incoming" / "x.tar.gz").write_bytes(b"")
+    result = host.tool(*[a.format(incoming=host.home / "incoming") for a in argv])
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert Path("/etc/passwd").exists()
