@@ -138,6 +138,95 @@ def app_errors(apps: list, defaults: dict, keep_releases=UNSET, base_dir: str | 
     return errors
 
 
+# Names an app may not take: an app's name becomes a system user, a group and systemd units
+# (<name>.service, <name>.socket), so an account or a service of the system's would be taken
+# over (the users task would lock root; an app named www-data would run as nginx's user).
+# The host's own accounts and units are checked there too (assert.yml).
+RESERVED_NAMES = frozenset(
+    [
+        "root",
+        "daemon",
+        "bin",
+        "sys",
+        "sync",
+        "games",
+        "man",
+        "lp",
+        "mail",
+        "news",
+        "uucp",
+        "proxy",
+        "www-data",
+        "backup",
+        "list",
+        "irc",
+        "gnats",
+        "nobody",
+        "nogroup",
+        "adm",
+        "tty",
+        "disk",
+        "kmem",
+        "dialout",
+        "cdrom",
+        "floppy",
+        "tape",
+        "sudo",
+        "audio",
+        "dip",
+        "video",
+        "plugdev",
+        "staff",
+        "users",
+        "operator",
+        "shadow",
+        "utmp",
+        "input",
+        "sgx",
+        "kvm",
+        "render",
+        "crontab",
+        "netdev",
+        "messagebus",
+        "sshd",
+        "ssh",
+        "nginx",
+        "postgres",
+        "postgresql",
+        "redis",
+        "redis-server",
+        "mysql",
+        "mariadb",
+        "syslog",
+        "rsyslog",
+        "cron",
+        "dbus",
+        "getty",
+        "systemd",
+        "networking",
+        "network",
+        "ntp",
+        "chrony",
+        "polkitd",
+        "polkit",
+        "tss",
+        "uuidd",
+        "avahi",
+        "ubuntu",
+        "debian",
+        "admin",
+        "wheel",
+        "docker",
+        "containerd",
+        "certbot",
+        "unattended-upgrades",
+        "apt",
+        "dpkg",
+        "flaskstack",
+    ]
+)
+
+
 def name_errors(apps: list) -> list[str]:
     """Problems of the apps' names: each must be a valid user and unit name, and unique."""
     errors: list[str] = []
@@ -147,6 +236,15 @@ def name_errors(apps: list) -> list[str]:
             errors.append(
                 f"flaskstack_apps[{i}].name is {_json(str(name))}: use 1 to 31 lower-case letters, digits, "
                 "'-' or '_', starting with a letter (it becomes a system user and systemd unit name)."
+            )
+    if errors:
+        return errors
+    for i, raw in enumerate(apps):
+        name = raw["name"]
+        if name in RESERVED_NAMES or name.startswith(("systemd-", "_")):
+            errors.append(
+                f"flaskstack_apps[{i}].name is {_json(name)}: a name of the system's (an account or a "
+                "service); an app's name becomes its system user and systemd units: choose another."
             )
     if errors:
         return errors
@@ -223,6 +321,17 @@ def _settings(app: dict) -> str:
     bad = [k for k in keys if not ENV_KEY_RE.match(str(k))]
     if bad:
         return f"env or .secret_env ({n}) has keys that are not environment variable names: {_json(bad)}."
+    for key in ("env", "secret_env"):
+        # Values never shown (secret_env's are secrets): only the keys that are wrong.
+        wrong = [
+            str(k) for k, v in (app.get(key) or {}).items()
+            if not isinstance(v, (str, int, float, bool)) or "\0" in str(v)
+        ]  # fmt: skip
+        if wrong:
+            return (
+                f"{key} ({n}) has values that are not text (a list, a dict, a null, or a NUL byte): "
+                f"{_json(wrong)}; a multi-line value (a PEM key) is fine."
+            )
     return ""
 
 

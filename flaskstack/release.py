@@ -428,16 +428,19 @@ def in_release(app: App, release: str, argv: list[str], what: str) -> str:
 
 
 def read_env_file(app: App) -> dict[str, str]:
-    """KEY="value" lines as the app role writes them (isolation none only)."""
-    env = {}
-    with contextlib.suppress(FileNotFoundError):
-        for line in Path(app.cfg["env_file"]).read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep and not key.startswith("#"):
-                if len(value) >= 2 and value[0] == value[-1] == '"':
-                    value = value[1:-1].replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
-                env[key.strip()] = value
-    return env
+    """The env file as systemd reads it (isolation none only): KEY="value" assignments, as
+    the appserver role writes them, a value's line breaks kept, \\" and \\\\ unescaped."""
+    try:
+        text = Path(app.cfg["env_file"]).read_text()
+    except FileNotFoundError:
+        return {}
+    return {
+        found.group(1): re.sub(r"\\(.)", r"\1", found.group(2), flags=re.S)
+        for found in ENV_ASSIGNMENT.finditer(text)
+    }
+
+
+ENV_ASSIGNMENT = re.compile(r'^([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"', re.M | re.S)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

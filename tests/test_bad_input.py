@@ -33,6 +33,14 @@ CASES = {
         {"flaskstack_apps": [app(name="Hello")]},
         r"flaskstack_apps\[0\]\.name is \"Hello\"",
     ),
+    "an app named root": (
+        {"flaskstack_apps": [app(name="root")]},
+        r"flaskstack_apps\[0\]\.name is \"root\": a name of the system's \(an account or a service\)",
+    ),
+    "an app named as nginx's user": (
+        {"flaskstack_apps": [app(name="www-data")]},
+        r"flaskstack_apps\[0\]\.name is \"www-data\": a name of the system's",
+    ),
     "duplicate names": (
         {"flaskstack_apps": [app(), app(server_names=["other.example.com"])]},
         r"flaskstack_apps has duplicate names: hello",
@@ -88,6 +96,10 @@ CASES = {
     "env key that is no variable name": (
         {"flaskstack_apps": [app(env={"BAD-KEY": "x"})]},
         r"flaskstack_apps\[0\]\.env or \.secret_env \(hello\) has keys .*BAD-KEY",
+    ),
+    "an env value that is not text": (
+        {"flaskstack_apps": [app(secret_env={"API_KEYS": ["secret-value"]})]},
+        r"flaskstack_apps\[0\]\.secret_env \(hello\) has values that are not text .*\[\"API_KEYS\"\]",
     ),
     "unknown app server": (
         {"flaskstack_apps": [app(server="waitress")]},

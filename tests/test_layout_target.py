@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -29,6 +30,8 @@ SITE = "etc/nginx/sites-available/app.conf.j2"
 pytestmark = pytest.mark.target
 RUN = uuid.uuid4().hex[:8]
 CONFIG_SECRET = uuid.uuid4().hex
+# A value with line breaks, quotes and backslashes (a PEM key's shape): delivered exactly.
+MULTI_LINE = '-----BEGIN KEY-----\nline "two" \\ $HOME\n-----END KEY-----'
 
 # A page fetched inside the target over HTTPS (the target publishes no 443 here).
 HTTPS_GET = (
@@ -77,7 +80,7 @@ def inventory(demo_target, tmp_path_factory):
         "static_dir": "hello/static",
         "migrate_command": "flask --app hello db upgrade",
         "tls": "self-signed",
-        "env": {"FLASK_INSTANCE_PATH": "/srv/hello/shared/data"},
+        "env": {"FLASK_INSTANCE_PATH": "/srv/hello/shared/data", "MULTI_LINE": MULTI_LINE},
         "secret_env": {"FLASK_SECRET_KEY": uuid.uuid4().hex},
         "config_files": [
             {"path": "instance/config.py", "python": {"SECRET_KEY": CONFIG_SECRET}},
@@ -167,3 +170,33 @@ def test_config_files_land_in_the_configured_layout_and_never_show(inventory):
     assert check.returncode == 0, check.output[-3000:]
     assert re.search(r"demo3\s*:\s*ok=\d+\s+changed=0", check.output), check.output[-3000:]
     assert CONFIG_SECRET not in check.output
+
+
+def test_a_multi_line_env_value_reaches_the_app_exactly(inventory):
+    """systemd reads the env file: line breaks, quotes and backslashes arrive as given."""
+    read = (
+        'python3 -c \'import subprocess; pid = subprocess.check_output(["systemctl", "show", "-p", '
+        '"MainPID", "--value", "hello.service"], text=True).strip(); '
+        'env = dict(v.split(b"=", 1) for v in open(f"/proc/{pid}/environ", "rb").read().split(b"\\0") if v); '
+        'print(repr(env[b"MULTI_LINE"].decode()))\''
+    )
+    assert on_target(read, port=SSH_PORT).stdout.strip() == repr(MULTI_LINE)
+
+
+@pytest.mark.parametrize(
+    "name, what",
+    [("legacyapp", "an account (legacy service)"), ("apt-daily", "a packaged service")],
+)
+def test_an_app_may_not_take_an_account_or_a_service_of_the_host(inventory, tmp_path, name, what):
+    """Names the model cannot know: the host's own. Refused before any change."""
+    on_target("id legacyapp || useradd --system --comment 'legacy service' legacyapp", port=SSH_PORT)
+    folder = tmp_path / "inventory"
+    shutil.copytree(inventory, folder)
+    group_vars = yaml.safe_load((folder / "group_vars" / "flaskstack.yml").read_text())
+    group_vars["flaskstack_apps"][0]["name"] = name
+    (folder / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump(group_vars))
+    result = run(str(BIN / "ansible-playbook"), "site.yml", "-i", str(folder))
+    assert result.returncode != 0
+    output = " ".join(result.output.split())
+    assert f'flaskstack_apps[0].name is "{name}": this host has {what} of that name' in output, output[-3000:]
+    assert re.search(r"demo3\s*:\s*ok=\d+\s+changed=0", result.output), result.output[-2000:]

@@ -747,3 +747,14 @@ def test_the_tool_takes_only_its_own_names_and_files(host, argv, message):
     result = host.tool(*[a.format(incoming=host.home / "incoming") for a in argv])
     assert result.returncode != 0 and message in result.stderr, result.stderr
     assert Path("/etc/passwd").exists()
+
+
+def test_a_multi_line_env_value_reaches_the_command_exactly(host):
+    """As the appserver role writes it (templates/etc/flaskstack/app/app.env.j2) and systemd reads it."""
+    value = '-----BEGIN KEY-----\nabc"def\\ghi\n-----END KEY-----'
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    (host.config_dir / "site" / "app.env").write_text(f'# env\nPEM="{escaped}"\nMARK="after"\n')
+    host.tool("activate", "site", host.release("one"))
+    code = "import os; print(repr(os.environ['PEM']), os.environ['MARK'])"
+    result = host.tool("run", "site", "--", sys.executable, "-c", code)
+    assert result.stdout.strip() == f"{value!r} after", result.stdout + result.stderr
