@@ -23,9 +23,11 @@ host switches.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
+import secrets
 import shlex
 import socket
 import subprocess
@@ -93,6 +95,8 @@ class Host:
     pip_args: list[str]
     info: dict = field(default_factory=dict)
     connection: Connection | None = None
+    # The deploy lock's token once this run holds it: every tool command then shows it.
+    lock_token: str = ""
 
 
 _plugins_ready = False
@@ -231,17 +235,47 @@ def connect(host: Host) -> Connection:
     return conn
 
 
-def remote(host: Host, argv: list[str], what: str, check: bool = True) -> str:
-    """Run the release tool (or another command) on a host, as root."""
-    command = shlex.join(argv)
-    if host.become and host.user != "root":
-        command = "sudo -n " + command
+def as_root(host: Host, argv: list[str]) -> str:
+    """A command line that runs argv as root: through sudo for a deploy user (ansible_become)."""
+    line = shlex.join(argv)
+    return f"sudo -n {line}" if host.become and host.user != "root" else line
+
+
+def remote(host: Host, argv: list[str], what: str, check: bool = True, root: bool = True) -> str:
+    """Run the release tool (or another command) on a host, as root (root=False: as the SSH user)."""
+    if argv[:1] == [TOOL] and host.lock_token:
+        argv = [TOOL, "--lock-token", host.lock_token, *argv[1:]]
+    command = as_root(host, argv) if root else shlex.join(argv)
     result = host.connection.run(command, hide=True, warn=True, in_stream=False)
     if check and result.exited != 0:
         detail = "\n".join(x for x in (result.stdout.rstrip(), result.stderr.rstrip()) if x)
         detail = detail or f"exit {result.exited}"
         raise DeployError(f"{host.name}: {what} failed:\n{detail}")
     return result.stdout
+
+
+def upload(host: Host, files: list[tuple[str, str]]) -> None:
+    """Put local files at their paths in the app's upload folder (root's only). As root, SFTP
+    writes them there; a deploy user (ansible_become) cannot, so, as Ansible does, it writes
+    them into a folder of its own, and root installs them from there (root-owned, 0600); that
+    folder goes whatever happens."""
+    if not (host.become and host.user != "root"):
+        for local, path in files:
+            host.connection.put(local, path)
+        return
+    staging = remote(
+        host, ["mktemp", "-d", "-t", "flaskstack-upload.XXXXXXXX"], "a folder to upload to", root=False
+    )
+    staging = staging.strip()
+    try:
+        for local, path in files:
+            staged = f"{staging}/{Path(path).name}"
+            host.connection.put(local, staged)
+            remote(
+                host, ["install", "-m", "0600", "-o", "root", "-g", "root", staged, path], f"install {path}"
+            )
+    finally:
+        remote(host, ["rm", "-rf", staging], f"remove {staging}", check=False, root=False)
 
 
 def on_every_host(hosts: list[Host], work, title: str, timing=sys.stdout) -> list[str]:
@@ -310,6 +344,33 @@ def open_hosts(
     return hosts
 
 
+@contextlib.contextmanager
+def deploy_lock(hosts: list[Host], app: str, holder: str):
+    """Each selected app's deploy lock on every host, for the whole of this run (as `kamal
+    lock`): taken before anything changes, released at the end whatever happens (a killed
+    client leaves it: `fab unlock --force`). A lock held elsewhere stops the run first."""
+    token = secrets.token_hex(16)
+    taken: list[tuple[Host, str]] = []
+
+    def take(host: Host) -> None:
+        for a in selected(host, app):
+            remote(
+                host, [TOOL, "lock", a["name"], "--holder", holder, "--token", token], f"{a['name']}: lock"
+            )
+            taken.append((host, a["name"]))
+        host.lock_token = token
+
+    try:
+        errors = on_every_host(hosts, take, "lock")
+        if errors:
+            raise Exit("fab: another deploy holds the lock (see above): nothing changed", code=1)
+        yield token
+    finally:
+        for host, name in taken:
+            remote(host, [TOOL, "unlock", name, "--token", token], f"{name}: unlock", check=False)
+            host.lock_token = ""
+
+
 def git_note(src: Path) -> str:
     result = subprocess.run(
         ["git", "-C", str(src), "describe", "--always", "--dirty", "--abbrev=10"],
@@ -341,87 +402,98 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
     )
     who = f"fab deploy by {getpass.getuser()}@{socket.gethostname()}"
 
-    # Package on this machine, once per app and target Python: the release id is a
-    # content hash, so every host gets the same id and the same code.
-    plan: dict[tuple[str, str], dict] = {}
-    t0 = time.monotonic()
-    for host in hosts:
-        python, arch = host.info["python"], host.info["architecture"]
-        for a in selected(host, app):
-            folder = Path(a["src"]).resolve()  # --src's folder when given (open_hosts)
-            try:
-                project, release = package(a, host.cache_dir)
-                key, wheels = build_wheelhouse(
-                    a["name"], project, a["server_packages"], python, arch,
-                    host.platforms.get(arch, []), host.pip_args, host.cache_dir,
-                )  # fmt: skip
-            except (OSError, WheelhouseError) as exc:
-                raise Exit(f"fab: packaging {a['name']} for {host.name} failed: {exc}", code=1) from None
-            plan[host.name, a["name"]] = {
-                "release": release,
-                "key": key,
-                "wheels": wheels,
-                "note": f"{who}, {git_note(folder)}",
-            }
-    ids = sorted({(a, p["release"].id) for (_, a), p in plan.items()})
-    print(f"== package: {time.monotonic() - t0:.2f}s  " + ", ".join(f"{a} {i}" for a, i in ids), flush=True)
-    shown = {a["name"]: a["project"] for host in hosts for a in selected(host, app)}
-    for name, project in shown.items():
-        print("\n".join(f"   {line}" for line in [f"{name}: {project['description']}", *project["notes"]]))
-
-    def prepare(host: Host) -> None:
-        for a in selected(host, app):
-            p = plan[host.name, a["name"]]
-            have = host.info["apps"][a["name"]]
-            if p["release"].id in have["releases"]:
-                say(host.name, f"{a['name']}: release {p['release'].id} is on the host already")
-                continue
-            t = time.monotonic()
-            # Where ansible-playbook uploads too (the app role's upload folder, root's only).
-            archive = model.release_paths(a, p["release"].id)["upload_archive"]
-            wheels = model.wheelhouse_upload(a, p["key"])
-            host.connection.put(p["release"].archive, archive)
-            argv = [TOOL, "prepare", a["name"], p["release"].id, "--archive", archive]
-            argv += ["--wheelhouse", p["key"]]
-            sent = "code"
-            if p["key"] not in have["wheelhouses"]:
-                host.connection.put(str(wheelhouse_archive(p["wheels"])), wheels)
-                argv += ["--wheelhouse-archive", wheels]
-                sent = "code and wheelhouse"
-            say(host.name, f"{a['name']}: upload {sent} {time.monotonic() - t:.2f}s")
-            try:
-                say(host.name, remote(host, [*argv, "--remove-archive"], f"{a['name']}: prepare"))
-            finally:
-                remote(host, ["rm", "-f", archive, wheels], "clean up", check=False)
-
-    errors = on_every_host(hosts, prepare, "upload and prepare")
-    if errors:
-        raise Exit("fab deploy: stopped before any switch; every host still serves its live release", code=1)
-
-    # A database the hosts share is migrated once, from the first host, before any switch.
-    first = hosts[0]
-    for a in selected(first, app):
-        rid = plan[first.name, a["name"]]["release"].id
-        if a["migrate_once"] and first.info["apps"][a["name"]]["live"] != rid:
-            try:
-                say(first.name, remote(first, [TOOL, "migrate", a["name"], rid], f"{a['name']}: migrate"))
-            except DeployError as exc:
-                raise Exit(f"fab deploy: {exc}\nstopped before any switch", code=1) from None
-
-    def activate(host: Host) -> None:
-        for a in selected(host, app):
-            p = plan[host.name, a["name"]]
-            argv = [TOOL, "activate", a["name"], p["release"].id, "--note", p["note"]]
-            say(host.name, f"{a['name']}: activate {p['release'].id}")
-            say(host.name, remote(host, argv + (["--skip-migrate"] if a["migrate_once"] else []), a["name"]))
-
-    errors = on_every_host(hosts, activate, "activate")
-    took = time.monotonic() - started
-    if errors:
-        raise Exit(
-            f"fab deploy: failed after {took:.2f}s (see above: the failed hosts serve their previous release)"
+    with deploy_lock(hosts, app, who):
+        # Package on this machine, once per app and target Python: the release id is a
+        # content hash, so every host gets the same id and the same code.
+        plan: dict[tuple[str, str], dict] = {}
+        t0 = time.monotonic()
+        for host in hosts:
+            python, arch = host.info["python"], host.info["architecture"]
+            for a in selected(host, app):
+                folder = Path(a["src"]).resolve()  # --src's folder when given (open_hosts)
+                try:
+                    project, release = package(a, host.cache_dir)
+                    key, wheels = build_wheelhouse(
+                        a["name"], project, a["server_packages"], python, arch,
+                        host.platforms.get(arch, []), host.pip_args, host.cache_dir,
+                    )  # fmt: skip
+                except (OSError, WheelhouseError) as exc:
+                    raise Exit(f"fab: packaging {a['name']} for {host.name} failed: {exc}", code=1) from None
+                plan[host.name, a["name"]] = {
+                    "release": release,
+                    "key": key,
+                    "wheels": wheels,
+                    "note": f"{who}, {git_note(folder)}",
+                }
+        ids = sorted({(a, p["release"].id) for (_, a), p in plan.items()})
+        print(
+            f"== package: {time.monotonic() - t0:.2f}s  " + ", ".join(f"{a} {i}" for a, i in ids), flush=True
         )
-    print(f"fab deploy: done in {took:.2f}s", flush=True)
+        shown = {a["name"]: a["project"] for host in hosts for a in selected(host, app)}
+        for name, project in shown.items():
+            print(
+                "\n".join(f"   {line}" for line in [f"{name}: {project['description']}", *project["notes"]])
+            )
+
+        def prepare(host: Host) -> None:
+            for a in selected(host, app):
+                p = plan[host.name, a["name"]]
+                have = host.info["apps"][a["name"]]
+                if p["release"].id in have["releases"]:
+                    say(host.name, f"{a['name']}: release {p['release'].id} is on the host already")
+                    continue
+                t = time.monotonic()
+                # Where ansible-playbook uploads too (the app role's upload folder, root's only).
+                archive = model.release_paths(a, p["release"].id)["upload_archive"]
+                wheels = model.wheelhouse_upload(a, p["key"])
+                argv = [TOOL, "prepare", a["name"], p["release"].id, "--archive", archive]
+                argv += ["--wheelhouse", p["key"]]
+                files = [(p["release"].archive, archive)]
+                if p["key"] not in have["wheelhouses"]:
+                    files.append((str(wheelhouse_archive(p["wheels"])), wheels))
+                    argv += ["--wheelhouse-archive", wheels]
+                try:
+                    upload(host, files)
+                    sent = "code and wheelhouse" if len(files) > 1 else "code"
+                    say(host.name, f"{a['name']}: upload {sent} {time.monotonic() - t:.2f}s")
+                    say(host.name, remote(host, [*argv, "--remove-archive"], f"{a['name']}: prepare"))
+                finally:
+                    remote(host, ["rm", "-f", archive, wheels], "clean up", check=False)
+
+        errors = on_every_host(hosts, prepare, "upload and prepare")
+        if errors:
+            raise Exit(
+                "fab deploy: stopped before any switch; every host still serves its live release", code=1
+            )
+
+        # A database the hosts share is migrated once, from the first host, before any switch.
+        first = hosts[0]
+        for a in selected(first, app):
+            rid = plan[first.name, a["name"]]["release"].id
+            if a["migrate_once"] and first.info["apps"][a["name"]]["live"] != rid:
+                try:
+                    say(first.name, remote(first, [TOOL, "migrate", a["name"], rid], f"{a['name']}: migrate"))
+                except DeployError as exc:
+                    raise Exit(f"fab deploy: {exc}\nstopped before any switch", code=1) from None
+
+        def activate(host: Host) -> None:
+            for a in selected(host, app):
+                p = plan[host.name, a["name"]]
+                argv = [TOOL, "activate", a["name"], p["release"].id, "--note", p["note"]]
+                say(host.name, f"{a['name']}: activate {p['release'].id}")
+                say(
+                    host.name,
+                    remote(host, argv + (["--skip-migrate"] if a["migrate_once"] else []), a["name"]),
+                )
+
+        errors = on_every_host(hosts, activate, "activate")
+        took = time.monotonic() - started
+        if errors:
+            raise Exit(
+                f"fab deploy: failed after {took:.2f}s "
+                "(see above: the failed hosts serve their previous release)"
+            )
+        print(f"fab deploy: done in {took:.2f}s", flush=True)
 
 
 @task(help={**INVENTORY_HELP, "release": "the release id to go back to (default: the previous one)"})
@@ -437,7 +509,8 @@ def rollback(c, inventory=DEFAULT_INVENTORY, app="", limit="", release="", vault
             say(host.name, f"{a['name']}: rollback")
             say(host.name, remote(host, argv, f"{a['name']}: rollback"))
 
-    errors = on_every_host(hosts, back, "rollback")
+    with deploy_lock(hosts, app, note):
+        errors = on_every_host(hosts, back, "rollback")
     took = time.monotonic() - started
     if errors:
         raise Exit(f"fab rollback: failed after {took:.2f}s", code=1)
@@ -460,6 +533,21 @@ def status(c, inventory=DEFAULT_INVENTORY, app="", limit="", vault_password_file
     for host in hosts:
         for a in selected(host, app):
             say(host.name, remote(host, [TOOL, "status", a["name"]], "status"))
+
+
+@task(help={**INVENTORY_HELP, "force": "release the lock even though this run does not hold it"})
+def unlock(c, inventory=DEFAULT_INVENTORY, app="", limit="", force=False, vault_password_file=""):
+    """Show who holds each app's deploy lock; with --force, release it (its deploy is gone)."""
+    hosts = open_hosts(inventory, limit, vault_password_file, app)
+    for host in hosts:
+        for a in selected(host, app):
+            if force:
+                say(host.name, remote(host, [TOOL, "unlock", a["name"], "--force"], "unlock"))
+            else:
+                found = json.loads(remote(host, [TOOL, "status", a["name"], "--json"], "status"))
+                say(host.name, f"{a['name']}: {found.get('lock', 'not locked')}")
+    if not force:
+        print("fab unlock: nothing released (release a lock whose deploy is gone with --force)")
 
 
 @task(
@@ -488,10 +576,7 @@ def run(c, command, inventory=DEFAULT_INVENTORY, app="", limit="", vault_passwor
     if len(apps) != 1:
         names = ", ".join(a["name"] for a in apps)
         raise Exit(f"fab run: {host.name} serves {names}: say which with --app", code=2)
-    argv = [TOOL, "run", apps[0]["name"], "--", *shlex.split(command)]
-    line = shlex.join(argv)
-    if host.become and host.user != "root":
-        line = "sudo -n " + line
+    line = as_root(host, [TOOL, "run", apps[0]["name"], "--", *shlex.split(command)])
     print(f"[{host.name}] {apps[0]['name']}: {command}", file=sys.stderr, flush=True)
     result = host.connection.run(line, warn=True, hide=False, in_stream=False)
     if result.exited != 0:

@@ -637,6 +637,8 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         "backups_dir": f"{home}/backups",
         "history_file": f"{home}/history.jsonl",
         "lock_file": f"{home}/.flaskstack-release.lock",
+        # Held for a whole deploy (every host, every step), by fab or ansible-playbook.
+        "deploy_lock_file": f"{home}/deploy.lock",
         "config_dir": config,
         "env_file": f"{config}/app.env",
         # The app server's settings: gunicorn.conf.py or uwsgi.ini.

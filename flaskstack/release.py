@@ -228,6 +228,7 @@ class App:
         self.wheelhouse_dir = Path(self.cfg["wheelhouse_dir"])
         self.history_file = Path(self.cfg["history_file"])
         self.lock_file = Path(self.cfg["lock_file"])
+        self.deploy_lock_file = Path(self.cfg.get("deploy_lock_file") or self.home / "deploy.lock")
         self.user = self.cfg["user"]
         # "systemd": commands run as the app user through systemd-run, with the
         # app's env file exactly as the service reads it. "none": as the calling
@@ -333,6 +334,22 @@ class App:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def deploy_lock(self) -> dict | None:
+        """Who holds the app's deploy lock (holder, since, token), or None."""
+        try:
+            held = json.loads(self.deploy_lock_file.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:  # torn: still a lock, of someone unknown
+            held = {}
+        return held if isinstance(held, dict) else {}
+
+    def check_deploy_lock(self, token: str | None) -> None:
+        """A command that changes the app runs only if nobody else holds its deploy lock."""
+        held = self.deploy_lock()
+        if held is not None and held.get("token") != token:
+            raise ReleaseError(f"{self.name}: {describe_lock(held)}")
 
     @contextlib.contextmanager
     def lock(self, wait: float = 120):
@@ -662,6 +679,7 @@ def cmd_prepare(args) -> int:
     app = App(args.app, args.config_dir)
     rel = app.release_dir(args.release)
     with app.lock():
+        app.check_deploy_lock(args.lock_token)
         if app.prepared(args.release):
             print(f"{app.name}: release {args.release} is already prepared")
             return 0
@@ -792,6 +810,7 @@ def cmd_run(args) -> int:
 def cmd_migrate(args) -> int:
     app = App(args.app, args.config_dir)
     with app.lock():
+        app.check_deploy_lock(args.lock_token)
         if not app.prepared(args.release):
             raise ReleaseError(f"{app.name}: release {args.release} is not prepared on this host")
         with step("migrate") as s:
@@ -935,6 +954,7 @@ def recover(app: App) -> None:
 def cmd_activate(args) -> int:
     app = App(args.app, args.config_dir)
     with app.lock():
+        app.check_deploy_lock(args.lock_token)
         recover(app)
         changed = activate(
             app, args.release, do_migrate=not args.skip_migrate, action="deploy", note=args.note
@@ -949,6 +969,7 @@ def cmd_restart(args) -> int:
     before the running processes are replaced; else they keep serving."""
     app = App(args.app, args.config_dir)
     with app.lock():
+        app.check_deploy_lock(args.lock_token)
         recover(app)
         live = app.live()
         if live is None:
@@ -976,6 +997,7 @@ def cmd_restart(args) -> int:
 def cmd_rollback(args) -> int:
     app = App(args.app, args.config_dir)
     with app.lock():
+        app.check_deploy_lock(args.lock_token)
         recover(app)
         target = args.release or app.previous()
         if not target:
@@ -1009,9 +1031,68 @@ def prune(app: App, keep: int) -> None:
         print(f"  prune    ok              removed {', '.join(removed)}")
 
 
+def describe_lock(held: dict) -> str:
+    """A held deploy lock in words, with what to do about it."""
+    since = held.get("since")
+    age = ""
+    if since:
+        with contextlib.suppress(ValueError):
+            then = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            minutes = int((datetime.now(timezone.utc) - then).total_seconds() // 60)
+            age = f", {minutes} min ago"
+    return (
+        f"locked for a deploy by {held.get('holder') or 'someone unknown'} (since {since or '?'}{age}); "
+        "wait for it to finish, or if it is gone (its client killed), `fab unlock --force`"
+    )
+
+
+def cmd_lock(args) -> int:
+    """Take the app's deploy lock for one deploy (every host, every step): fab and
+    ansible-playbook take it on every host before they change anything, and release it at
+    the end. The token proves a command belongs to the holder's deploy."""
+    app = App(args.app, args.config_dir)
+    entry = {
+        "holder": args.holder,
+        "token": args.token,
+        "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    app.home.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(app.deploy_lock_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        held = app.deploy_lock() or {}
+        if held.get("token") == args.token:
+            print(f"{app.name}: deploy lock already held by this deploy")
+            return 0
+        raise ReleaseError(f"{app.name}: {describe_lock(held)}") from None
+    try:
+        os.write(fd, json.dumps(entry, sort_keys=True).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(app.deploy_lock_file.parent)
+    print(f"{app.name}: deploy lock taken by {args.holder}")
+    return 0
+
+
+def cmd_unlock(args) -> int:
+    """Release the deploy lock: the holder's own (its token), or anyone's with --force."""
+    app = App(args.app, args.config_dir)
+    held = app.deploy_lock()
+    if held is None:
+        print(f"{app.name}: not locked")
+        return 0
+    if held.get("token") != args.token and not args.force:
+        raise ReleaseError(f"{app.name}: {describe_lock(held)}")
+    app.deploy_lock_file.unlink(missing_ok=True)
+    print(f"{app.name}: deploy lock of {held.get('holder') or 'someone unknown'} released")
+    return 0
+
+
 def cmd_prune(args) -> int:
     app = App(args.app, args.config_dir)
     with app.lock():
+        app.check_deploy_lock(args.lock_token)
         prune(app, args.keep if args.keep is not None else int(app.cfg["keep_releases"]))
     return 0
 
@@ -1074,6 +1155,9 @@ def cmd_status(args) -> int:
         status["pending"] = (
             f"an activation of {entries[-1]['release']} was interrupted (the next deploy checks it)"
         )
+    held = app.deploy_lock()
+    if held is not None:
+        status["lock"] = describe_lock(held).partition(";")[0]
     if getattr(app, "torn", 0):
         status["history"] = (
             f"{app.torn} torn line skipped" if app.torn == 1 else f"{app.torn} torn lines skipped"
@@ -1088,7 +1172,20 @@ def cmd_status(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flaskstack-release", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--lock-token", default=None, help="the deploy lock's token: this command is part of that deploy"
+    )
     sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("lock", help="take the app's deploy lock (fab and ansible-playbook do, on every host)")
+    s.add_argument("app")
+    s.add_argument("--holder", required=True, help="who deploys: shown to whoever finds the lock")
+    s.add_argument("--token", required=True, help="a secret of the deploy's, given to its later commands")
+    s.set_defaults(func=cmd_lock)
+    s = sub.add_parser("unlock", help="release the deploy lock (--force: someone else's)")
+    s.add_argument("app")
+    s.add_argument("--token")
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(func=cmd_unlock)
     sub.add_parser("info", help="this host's Python, architecture and apps, as JSON").set_defaults(
         func=cmd_info
     )

@@ -9,6 +9,24 @@ ROOT = Path(__file__).resolve().parent.parent
 SSH = ROOT / ".demo" / "ssh"
 
 
+# The user the target tests deploy as: a deploy user with sudo, as in production
+# (playbooks/local_target.yml makes it); root's login is the tests' own eye (on_target).
+DEPLOY_USER = "deploy"
+
+
+def connection(port: int) -> dict:
+    """An inventory host's connection settings for a test target whose sshd is on 127.0.0.1:port."""
+    return {
+        "ansible_host": "127.0.0.1",
+        "ansible_port": port,
+        "ansible_user": DEPLOY_USER,
+        "ansible_become": True,
+        "ansible_ssh_private_key_file": str(SSH / "id_ed25519"),
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={SSH / 'known_hosts'} "
+        "-o StrictHostKeyChecking=accept-new",
+    }
+
+
 def on_target(command: str, port: int = 2222, check: bool = True) -> subprocess.CompletedProcess:
     """Run a shell command as root on the target whose sshd is on 127.0.0.1:port."""
     result = subprocess.run(

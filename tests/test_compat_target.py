@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.targets import SSH, on_target
+from tests.targets import connection, on_target
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -152,15 +152,8 @@ def version(app: str) -> str:
 
 
 def write_inventory(folder: Path, sources: Path, state: str = "present") -> None:
-    host = {
-        "ansible_host": "127.0.0.1",
-        "ansible_port": SSH_PORT,
-        "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(SSH / "id_ed25519"),
-        "ansible_ssh_common_args": f"-o UserKnownHostsFile={SSH / 'known_hosts'} "
-        "-o StrictHostKeyChecking=accept-new",
-    }
-    (folder / "hosts.yml").write_text(yaml.safe_dump({"flaskstack": {"hosts": {"demo4": host}}}))
+    hosts = {"flaskstack": {"hosts": {"demo4": connection(SSH_PORT)}}}
+    (folder / "hosts.yml").write_text(yaml.safe_dump(hosts))
     apps = [
         {"name": name, "src": str(sources / name), "server_names": [f"{name}.test"], "state": state}
         | settings

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from bench.appvariants import breaks_import, variant
+from tests.targets import connection
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -53,18 +54,7 @@ def inventory(demo_target, tmp_path_factory):
     )  # fmt: skip
     assert second.returncode == 0, second.output[-3000:]
     folder = tmp_path_factory.mktemp("two-hosts")
-    ssh = ROOT / ".demo" / "ssh"
-    common = f"-o UserKnownHostsFile={ssh / 'known_hosts'} -o StrictHostKeyChecking=accept-new"
-    hosts = {
-        name: {
-            "ansible_host": "127.0.0.1",
-            "ansible_port": ssh_port,
-            "ansible_user": "root",
-            "ansible_ssh_private_key_file": str(ssh / "id_ed25519"),
-            "ansible_ssh_common_args": common,
-        }
-        for name, (ssh_port, _) in HOSTS.items()
-    }
+    hosts = {name: connection(ssh_port) for name, (ssh_port, _) in HOSTS.items()}
     (folder / "group_vars").mkdir()
     (folder / "hosts.yml").write_text(yaml.safe_dump({"flaskstack": {"hosts": hosts}}))
     # The demo's own app settings, with its paths made absolute for this folder.

@@ -36,7 +36,8 @@ def unreachable_inventory(tmp_path: Path, apps: list[dict]) -> Path:
 
 def test_the_demo_inventory_gives_the_demo_host_and_its_app():
     (host,) = fabfile.load_inventory(str(ROOT / "inventory" / "local"))
-    assert (host.name, host.address, host.port, host.user) == ("demo", "127.0.0.1", 2222, "root")
+    assert (host.name, host.address, host.port, host.user) == ("demo", "127.0.0.1", 2222, "deploy")
+    assert host.become  # a deploy user with sudo, as in production
     assert Path(host.key_file).resolve() == ROOT / ".demo" / "ssh" / "id_ed25519"
     assert [Path(p).resolve() for p in host.known_hosts] == [ROOT / ".demo" / "ssh" / "known_hosts"]
     (app,) = host.apps

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from bench.appvariants import variant
-from tests.targets import SSH, on_target
+from tests.targets import connection, on_target
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -63,14 +63,7 @@ def inventory(demo_target, tmp_path_factory):
     )  # fmt: skip
     assert started.returncode == 0, started.output[-3000:]
     folder = tmp_path_factory.mktemp("layout")
-    host = {
-        "ansible_host": "127.0.0.1",
-        "ansible_port": SSH_PORT,
-        "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(SSH / "id_ed25519"),
-        "ansible_ssh_common_args": f"-o UserKnownHostsFile={SSH / 'known_hosts'} "
-        "-o StrictHostKeyChecking=accept-new",
-    }
+    host = connection(SSH_PORT)
     (folder / "hosts.yml").write_text(yaml.safe_dump({"flaskstack": {"hosts": {"demo3": host}}}))
     app = {
         "name": "hello",

@@ -758,3 +758,24 @@ def test_a_multi_line_env_value_reaches_the_command_exactly(host):
     code = "import os; print(repr(os.environ['PEM']), os.environ['MARK'])"
     result = host.tool("run", "site", "--", sys.executable, "-c", code)
     assert result.stdout.strip() == f"{value!r} after", result.stdout + result.stderr
+
+
+def test_the_deploy_lock_keeps_out_every_other_deploy_and_restart(host):
+    release = host.release("one")
+    taken = host.tool("lock", "site", "--holder", "fab deploy by ana@laptop", "--token", "t1")
+    assert taken.returncode == 0, taken.stderr
+    # A second deploy, ansible-playbook's restart, a rollback: all refused, naming the holder.
+    for argv in (["activate", "site", release], ["restart", "site"], ["rollback", "site"]):
+        refused = host.tool(*argv)
+        assert refused.returncode == 1 and "locked for a deploy by fab deploy by ana@laptop" in refused.stderr
+    second = host.tool("lock", "site", "--holder", "ansible-playbook by bo@ci", "--token", "t2")
+    assert second.returncode == 1 and "fab unlock --force" in second.stderr
+    assert "locked for a deploy by fab deploy by ana@laptop" in host.tool("status", "site").stdout
+    # The holder's own commands go through; its unlock releases it; a stranger's needs --force.
+    assert host.tool("--lock-token", "t1", "activate", "site", release).returncode == 0
+    assert host.tool("unlock", "site", "--token", "t2").returncode == 1
+    assert host.tool("unlock", "site", "--token", "t1").returncode == 0
+    assert host.tool("lock", "site", "--holder", "x", "--token", "t3").returncode == 0
+    forced = host.tool("unlock", "site", "--force")
+    assert forced.returncode == 0 and "deploy lock of x released" in forced.stdout
+    assert host.tool("restart", "site").returncode == 0
