@@ -30,7 +30,6 @@ import os
 import secrets
 import shlex
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -43,7 +42,7 @@ from invoke.exceptions import Exit
 from paramiko import RejectPolicy
 
 from flaskstack import model
-from flaskstack.packaging import WheelhouseError, build_wheelhouse, package, wheelhouse_archive
+from flaskstack.packaging import WheelhouseError, build_wheelhouse, git_note, package, wheelhouse_archive
 
 ROOT = Path(__file__).resolve().parent
 TOOL = model.TOOL
@@ -369,14 +368,6 @@ def deploy_lock(hosts: list[Host], app: str, holder: str):
         for host, name in taken:
             remote(host, [TOOL, "unlock", name, "--token", token], f"{name}: unlock", check=False)
             host.lock_token = ""
-
-
-def git_note(src: Path) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(src), "describe", "--always", "--dirty", "--abbrev=10"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    return f"git {result.stdout.strip()}" if result.returncode == 0 else "not a git tree"
 
 
 # -- tasks ----------------------------------------------------------------------------------------

@@ -116,6 +116,16 @@ def package(app: dict, cache_dir: Path) -> tuple[Project, Release]:
     return project, build_release(src, app["name"], exclude, extra, cache_dir, project)
 
 
+def git_note(src: Path) -> str:
+    """What a deploy notes of the source it pushed: the control node's `git describe --dirty`
+    (a release built from uncommitted changes says so)."""
+    result = subprocess.run(
+        ["git", "-C", str(src), "describe", "--always", "--dirty", "--abbrev=10"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return f"git {result.stdout.strip()}" if result.returncode == 0 else "not a git tree"
+
+
 def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
     """Files belong to root in the archive; the host decides ownership."""
     info.uid = info.gid = 0

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 try:
-    from flaskstack import model, templates
+    from flaskstack import model, packaging, templates
 except ImportError:  # ansible-playbook from elsewhere: the package lies beside roles/
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from flaskstack import model, templates
+    from flaskstack import model, packaging, templates
 
 
 def app_errors(apps, defaults, base_dir=None, settings=None):
@@ -30,10 +30,16 @@ def host(root, config_dir, run_dir):
     return model.Layout(root=root, config_dir=config_dir, run_dir=run_dir).host()
 
 
+def git_note(src):
+    """The control node's `git describe --dirty` of an app's source, as fab deploy notes it."""
+    return packaging.git_note(Path(str(src)).resolve())
+
+
 class FilterModule:
     def filters(self):
         return {
             "flaskstack_app_errors": app_errors,
+            "flaskstack_git_note": git_note,
             "flaskstack_host": host,
             "flaskstack_python_settings": python_settings,
             "flaskstack_template_origin": templates.origin,
