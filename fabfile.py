@@ -373,8 +373,16 @@ def deploy_lock(hosts: list[Host], app: str, holder: str):
 # -- tasks ----------------------------------------------------------------------------------------
 
 
-@task(help={**INVENTORY_HELP, "src": "deploy this source folder instead of the app's src (needs --app)"})
-def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_password_file=""):
+@task(
+    help={
+        **INVENTORY_HELP,
+        "src": "deploy this source folder instead of the app's src (needs --app)",
+        "allow-older": "put back a release that served before the live one (else refused)",
+    }
+)
+def deploy(
+    c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_password_file="", allow_older=False
+):
     """Push each app's code to every host; health-gated, switched back by itself on failure.
 
     Phases, each on every host at once; a failure on any host stops the deploy
@@ -471,6 +479,7 @@ def deploy(c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_passw
             for a in selected(host, app):
                 p = plan[host.name, a["name"]]
                 argv = [TOOL, "activate", a["name"], p["release"].id, "--note", p["note"]]
+                argv += ["--allow-older"] if allow_older else []
                 say(host.name, f"{a['name']}: activate {p['release'].id}")
                 say(
                     host.name,

@@ -847,7 +847,29 @@ def why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def activate(app: App, release: str, *, do_migrate: bool, action: str, note: str) -> bool:
+def first_served(app: App, release: str) -> dict | None:
+    """The history line of a release's first time live, or None if it never served."""
+    return next((entry for entry in app.served() if entry["release"] == release), None)
+
+
+def refuse_older(app: App, release: str, live: str | None) -> None:
+    """A deploy may not put back a release that first served before the live one did: that
+    would silently undo a newer deploy (a config-only ansible-playbook run from an old
+    checkout after a fab deploy). Going back is a rollback, or is asked for."""
+    old, new = first_served(app, release), first_served(app, live) if live else None
+    if old and new and old["time"] < new["time"]:
+        raise ReleaseError(
+            f"{app.name}: release {release} is older than the live {live} (it first served at {old['time']}, "
+            f"{live} at {new['time']}: {new.get('note') or new.get('action')}); "
+            "deploying it would undo that. "
+            "Deploy the live release's code, or go back on purpose: fab rollback, or --allow-older "
+            "(ansible-playbook: -e app_allow_older=true)"
+        )
+
+
+def activate(
+    app: App, release: str, *, do_migrate: bool, action: str, note: str, allow_older: bool = True
+) -> bool:
     """Put a prepared release live, or leave the live one serving and raise.
 
     Whatever stops it once `current` has moved (a failed restart or health check, a
@@ -858,6 +880,8 @@ def activate(app: App, release: str, *, do_migrate: bool, action: str, note: str
     if not app.prepared(release):
         raise ReleaseError(f"{app.name}: release {release} is not prepared on this host")
     live = app.live()
+    if not allow_older and live != release:
+        refuse_older(app, release, live)
     if live == release:
         with step("health") as s:  # live is not enough: it must answer
             s.detail = wait_healthy(app)
@@ -957,8 +981,9 @@ def cmd_activate(args) -> int:
         app.check_deploy_lock(args.lock_token)
         recover(app)
         changed = activate(
-            app, args.release, do_migrate=not args.skip_migrate, action="deploy", note=args.note
-        )
+            app, args.release, do_migrate=not args.skip_migrate, action="deploy", note=args.note,
+            allow_older=args.allow_older,
+        )  # fmt: skip
     print(f"{app.name}: {'ACTIVATED' if changed else 'unchanged'} {args.release}")
     return 0
 
@@ -1209,6 +1234,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("app")
     s.add_argument("release")
     s.add_argument("--skip-migrate", action="store_true", help="another host runs the migrations")
+    s.add_argument(
+        "--allow-older", action="store_true", help="put back a release that served before the live one"
+    )
     s.add_argument("--note", default="", help="kept in the history (who, which commit)")
     s.set_defaults(func=cmd_activate)
     s = sub.add_parser("restart", help="restart the live release with its settings now, through the gates")

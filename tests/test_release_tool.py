@@ -779,3 +779,18 @@ def test_the_deploy_lock_keeps_out_every_other_deploy_and_restart(host):
     forced = host.tool("unlock", "site", "--force")
     assert forced.returncode == 0 and "deploy lock of x released" in forced.stdout
     assert host.tool("restart", "site").returncode == 0
+
+
+def test_a_deploy_may_not_put_back_an_older_release_unless_asked(host):
+    """A config-only run from an old checkout after a newer deploy: refused, saying why."""
+    older, newer = host.release("one"), host.release("two")
+    host.tool("activate", "site", older, "--note", "first")
+    host.tool("activate", "site", newer, "--note", "fab deploy by ana@laptop, git abc1234")
+    refused = host.tool("activate", "site", older)
+    assert refused.returncode == 1 and host.live() == newer
+    assert f"release {older} is older than the live {newer}" in refused.stderr
+    assert "fab deploy by ana@laptop, git abc1234" in refused.stderr
+    # Going back on purpose: a rollback, or asked for.
+    assert host.tool("activate", "site", older, "--allow-older").returncode == 0
+    # Forward again after a rollback: the newer release first served after the older one.
+    assert host.tool("activate", "site", newer).returncode == 0
