@@ -36,6 +36,14 @@ def breaks_health(src: Path) -> None:
     init.write_text(init.read_text().replace("200 if healthy else 503", "503"))
 
 
+def fails_when_served(src: Path) -> None:
+    """/healthz answers 503 under the app server only: the gate's own WSGI call (no server)
+    passes, the health check through the socket after the switch fails."""
+    init = src / "hello" / "__init__.py"
+    served = '"gunicorn" in __import__("flask").request.environ.get("SERVER_SOFTWARE", "")'
+    init.write_text(init.read_text().replace("200 if healthy else 503", f"503 if {served} else 200"))
+
+
 def lists_interfaces(src: Path) -> None:
     """The factory lists the host's network interfaces (netlink): fine for the app user,
     refused by the service's sandbox (RestrictAddressFamilies)."""

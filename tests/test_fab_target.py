@@ -12,13 +12,15 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from bench.appvariants import adds_requirement, breaks_health, lists_interfaces, variant
+from bench.appvariants import adds_requirement, breaks_health, fails_when_served, lists_interfaces, variant
+from tests.targets import on_target
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "http://127.0.0.1:8080"
@@ -51,8 +53,9 @@ def release_ids() -> list[str]:
 @pytest.fixture(scope="module")
 def demo(demo_target):
     yield
-    # Leave the demo as `make demo` leaves it: the inventory's own app, live.
-    back = fab("deploy")
+    # Leave the demo as `make demo` leaves it: the inventory's own app, live (older than the
+    # variants deployed since: put back on purpose).
+    back = fab("deploy", "--allow-older")
     assert back.returncode == 0, back.output
 
 
@@ -173,3 +176,73 @@ def test_rollback_to_a_release_that_is_not_there_is_refused(demo):
     assert result.returncode == 1
     assert "release 0123456789ab is not on this host" in result.output
     assert page() == before
+
+
+# -- faults: what a real systemd restart, a killed client and a second deploy leave behind ------
+
+
+def live_release() -> str:
+    return on_target("readlink /srv/hello/current").stdout.strip().rsplit("/", 1)[-1]
+
+
+def last_actions(n: int = 2) -> list[str]:
+    lines = on_target(f"tail -n {n} /srv/hello/history.jsonl").stdout.splitlines()
+    return [re.search(r'"action": "([a-z-]+)"', line).group(1) for line in lines]
+
+
+def test_a_release_that_passes_its_gates_but_not_its_socket_is_switched_back(demo, tmp_path):
+    """The post-switch path with a real systemd restart: the gate's WSGI call passes, the
+    health check through the socket (under gunicorn) fails."""
+    before, live = page(), live_release()
+    result = fab(
+        "deploy", "--app", "hello", "--src", str(variant(tmp_path, f"served-{RUN}", fails_when_served))
+    )
+    assert result.returncode == 1, result.output
+    assert f"switched back to {live}, which answers" in result.output
+    assert page() == before and live_release() == live
+    assert last_actions() == ["pending", "auto-rollback"]
+
+
+def test_the_client_killed_after_the_switch_leaves_a_checked_release(demo, tmp_path):
+    """fab killed (SIGKILL) once the host switched: the tool on the host goes on, finds the
+    new release failing its health and switches back; the lock fab could not release is
+    shown and released by `fab unlock --force`."""
+    before, live = page(), live_release()
+    src = variant(tmp_path, f"killed-{RUN}", fails_when_served)
+    client = subprocess.Popen([FAB, "deploy", "--app", "hello", "--src", str(src)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while live_release() == live and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert live_release() != live, "the deploy never switched"
+    client.kill()
+    client.wait()
+    deadline = time.monotonic() + 90
+    while live_release() != live and time.monotonic() < deadline:
+        time.sleep(1)
+    assert live_release() == live and page() == before
+    assert "auto-rollback" in last_actions(3)
+    status = fab("status")
+    assert "locked for a deploy by fab deploy by" in status.output, status.output
+    refused = fab("deploy")
+    assert refused.returncode == 1 and "locked for a deploy by fab deploy by" in refused.output
+    released = fab("unlock", "--force")
+    assert released.returncode == 0 and "released" in released.output, released.output
+
+
+def test_two_deploys_at_once_one_waits_its_turn(demo, tmp_path):
+    """Two fab deploy of different code at the same time: one holds the lock, the other is
+    refused before it changes anything; the host serves the one that ran."""
+    sources = {label: variant(tmp_path, f"{label}-{RUN}") for label in ("left", "right")}
+    clients = {
+        label: subprocess.Popen([FAB, "deploy", "--app", "hello", "--src", str(src)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for label, src in sources.items()
+    }  # fmt: skip
+    outputs = {label: client.communicate(timeout=300)[0] for label, client in clients.items()}
+    codes = {label: client.returncode for label, client in clients.items()}
+    assert sorted(codes.values()) == [0, 1], outputs
+    winner = next(label for label, code in codes.items() if code == 0)
+    loser = next(label for label, code in codes.items() if code == 1)
+    assert "locked for a deploy by fab deploy by" in outputs[loser] and "nothing changed" in outputs[loser]
+    assert f"{winner}-{RUN}" in page()
