@@ -193,3 +193,53 @@ def test_an_app_may_not_take_an_account_or_a_service_of_the_host(inventory, tmp_
     output = " ".join(result.output.split())
     assert f'flaskstack_apps[0].name is "{name}": this host has {what} of that name' in output, output[-3000:]
     assert re.search(r"demo3\s*:\s*ok=\d+\s+changed=0", result.output), result.output[-2000:]
+
+
+def served_names() -> str:
+    return on_target(
+        "python3 -c 'import ssl; print(ssl.get_server_certificate((\"localhost\", 443)))' "
+        "| openssl x509 -noout -ext subjectAltName -enddate",
+        port=SSH_PORT,
+    ).stdout
+
+
+def test_a_self_signed_certificate_follows_the_server_names_and_is_renewed(inventory, tmp_path):
+    """server_names changed: a certificate for the new names; one that expires soon: a new one.
+    No HSTS for a self-signed certificate (browsers would refuse the next one)."""
+    assert "DNS:localhost" in served_names()
+    hsts = on_target(
+        "python3 -c 'import ssl, urllib.request; ctx = ssl._create_unverified_context(); "
+        'r = urllib.request.urlopen("https://localhost/healthz", context=ctx); '
+        'print(r.headers.get("Strict-Transport-Security"))\'',
+        port=SSH_PORT,
+    ).stdout.strip()
+    assert hsts == "None"
+    folder = tmp_path / "inventory"
+    shutil.copytree(inventory, folder)
+    group_vars = yaml.safe_load((folder / "group_vars" / "flaskstack.yml").read_text())
+    group_vars["flaskstack_apps"][0]["server_names"] = ["localhost", "www.localhost"]
+    (folder / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump(group_vars))
+    renamed = run(str(BIN / "ansible-playbook"), "site.yml", "-i", str(folder))
+    assert renamed.returncode == 0, renamed.output[-3000:]
+    assert "DNS:localhost, DNS:www.localhost" in served_names()
+    # A certificate that expires in 5 days (as if made long ago) is made again.
+    key, cert = f"{CONFIG_DIR}/hello/tls/privkey.pem", f"{CONFIG_DIR}/hello/tls/fullchain.pem"
+    on_target(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 5 "
+        "-subj /CN=localhost -addext subjectAltName=DNS:localhost,DNS:www.localhost "
+        f"-keyout {key} -out {cert} 2>/dev/null",
+        port=SSH_PORT,
+    )
+    renewed = run(str(BIN / "ansible-playbook"), "site.yml", "-i", str(folder))
+    assert renewed.returncode == 0, renewed.output[-3000:]
+    assert re.search(r"Make a self-signed certificate.*\n.*changed: \[demo3\]", renewed.output), (
+        renewed.output[-3000:]
+    )
+    assert (
+        on_target(
+            f"openssl x509 -in {cert} -noout -checkend {60 * 86400}", port=SSH_PORT, check=False
+        ).returncode
+        == 0
+    )
+    again = run(str(BIN / "ansible-playbook"), "site.yml", "-i", str(folder))
+    assert re.search(r"demo3\s*:\s*ok=\d+\s+changed=0", again.output), again.output[-3000:]
