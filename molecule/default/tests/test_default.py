@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -185,7 +186,10 @@ def test_release_tool_reports_the_live_release_and_its_history(host):
     rows = json.loads(host.check_output(f"flaskstack-release releases {APP} --json"))
     assert rows[0]["release"] == revision
     assert rows[0]["state"] == "live"
-    assert rows[0]["note"] == "ansible-playbook"
+    # Who deployed, from where, and the control node's git describe of the source.
+    assert re.match(r"ansible-playbook by \S+@\S+, (git \S+|not a git tree)$", rows[0]["note"]), rows[0]
+    history = [json.loads(line) for line in host.file(f"{HOME}/history.jsonl").content_string.splitlines()]
+    assert [entry["action"] for entry in history[-2:]] == ["pending", "deploy"]
     settings = host.file(f"/etc/flaskstack/{APP}/release.json")
     assert (settings.user, settings.mode) == ("root", 0o644)
     assert "SECRET" not in settings.content_string
