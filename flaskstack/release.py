@@ -572,6 +572,12 @@ def pip_wheel() -> str | None:
     return None
 
 
+def pip_command(venv: Path, wheel: str | None) -> list[str]:
+    """pip for a venv: run from the system's pip wheel when there is one (a venv made
+    --without-pip), else the venv's own."""
+    return [str(venv / "bin/python"), *([f"{wheel}/pip"] if wheel else ["-m", "pip"])]
+
+
 def build_venv(app: App, rel: Path, wheelhouse: Path, key: str) -> str:
     """rel/venv with the wheelhouse's packages: hard-linked from a release built from the
     same wheelhouse when there is one (a code-only deploy), else installed from it. Built
@@ -609,9 +615,8 @@ def build_venv(app: App, rel: Path, wheelhouse: Path, key: str) -> str:
     # Without ensurepip's copy of pip (3 s): pip runs from the system's wheel instead.
     run([python, "-m", "venv", *(["--without-pip"] if pip else []), str(venv)], "create the venv")
     install = [
-        str(venv / "bin/python"), *([f"{pip}/pip"] if pip else ["-m", "pip"]),
-        "install", "--quiet", "--no-index", "--no-cache-dir", "--disable-pip-version-check",
-        "--find-links", str(wheelhouse),
+        *pip_command(venv, pip), "install", "--quiet", "--no-index", "--no-cache-dir",
+        "--disable-pip-version-check", "--find-links", str(wheelhouse),
     ]  # fmt: skip
     files = ["requirements.txt", WHEELHOUSE_COMPLETE]
     # --hash pins put pip in hash-checking mode for all it installs at once: the app server's
@@ -631,7 +636,7 @@ def install_project(rel: Path) -> str:
     wheels = sorted((rel / PROJECT_WHEEL_DIR).glob("*.whl"))
     if not wheels:
         return ""
-    pip = [str(rel / VENV / "bin/python"), *([f"{pip_wheel()}/pip"] if pip_wheel() else ["-m", "pip"])]
+    pip = pip_command(rel / VENV, pip_wheel())
     quiet = ["--quiet", "--disable-pip-version-check"]
     run([*pip, "install", *quiet, "--no-index", "--no-cache-dir", "--no-deps", "--force-reinstall",
          str(wheels[0])], f"install {wheels[0].name}")  # fmt: skip

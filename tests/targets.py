@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
 SSH = ROOT / ".demo" / "ssh"
 
 
@@ -40,3 +42,20 @@ def on_target(command: str, port: int = 2222, check: bool = True) -> subprocess.
     if check:
         assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
     return result
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    """A command from the project's folder, its output kept (stdout and stderr in .output)."""
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
+    result.output = result.stdout + result.stderr
+    return result
+
+
+def start_target(container: str, ssh_port: int, http_port: int) -> None:
+    """Another test target beside the demo's, made by the demo's own playbook."""
+    started = run(
+        str(BIN / "ansible-playbook"), "playbooks/local_target.yml", "--tags", "target",
+        "-e", f"local_target_container={container}",
+        "-e", f"local_target_ssh_port={ssh_port}", "-e", f"local_target_http_port={http_port}",
+    )  # fmt: skip
+    assert started.returncode == 0, started.output[-3000:]

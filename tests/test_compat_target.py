@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.targets import connection, on_target
+from tests.targets import connection, on_target, run, start_target
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -79,12 +79,6 @@ VERSION_FILE = {
     "pinned": "wsgi.py",
 }
 TIMES: dict[str, dict[str, float]] = {}
-
-
-def run(*argv: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
-    result.output = result.stdout + result.stderr
-    return result
 
 
 def http(app: str, method: str, path: str, data: bytes | None = None, headers: dict | None = None):
@@ -166,12 +160,7 @@ def write_inventory(folder: Path, sources: Path, state: str = "present") -> None
 
 @pytest.fixture(scope="module")
 def suite(demo_target, tmp_path_factory):
-    started = run(
-        str(BIN / "ansible-playbook"), "playbooks/local_target.yml", "--tags", "target",
-        "-e", f"local_target_container={CONTAINER}",
-        "-e", f"local_target_ssh_port={SSH_PORT}", "-e", f"local_target_http_port={HTTP_PORT}",
-    )  # fmt: skip
-    assert started.returncode == 0, started.output[-3000:]
+    start_target(CONTAINER, SSH_PORT, HTTP_PORT)
     folder = tmp_path_factory.mktemp("compat")  # the inventory: Ansible reads every file in it
     sources = tmp_path_factory.mktemp("compat-src") / "apps"
     shutil.copytree(APPS, sources, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))

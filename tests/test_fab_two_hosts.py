@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from bench.appvariants import breaks_import, variant
-from tests.targets import connection
+from tests.targets import connection, run, start_target
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -33,12 +33,6 @@ pytestmark = pytest.mark.target
 RUN = uuid.uuid4().hex[:8]
 
 
-def run(*argv: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
-    result.output = result.stdout + result.stderr
-    return result
-
-
 def health(http_port: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=10) as response:
         return json.loads(response.read())
@@ -46,13 +40,7 @@ def health(http_port: int) -> dict:
 
 @pytest.fixture(scope="module")
 def inventory(demo_target, tmp_path_factory):
-    second = run(
-        str(BIN / "ansible-playbook"), "playbooks/local_target.yml", "--tags", "target",
-        "-e", "local_target_container=flaskstack-demo2",
-        "-e", f"local_target_ssh_port={HOSTS['demo2'][0]}",
-        "-e", f"local_target_http_port={HOSTS['demo2'][1]}",
-    )  # fmt: skip
-    assert second.returncode == 0, second.output[-3000:]
+    start_target("flaskstack-demo2", *HOSTS["demo2"])
     folder = tmp_path_factory.mktemp("two-hosts")
     hosts = {name: connection(ssh_port) for name, (ssh_port, _) in HOSTS.items()}
     (folder / "group_vars").mkdir()

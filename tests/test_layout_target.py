@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from bench.appvariants import variant
-from tests.targets import connection, on_target
+from tests.targets import connection, on_target, run, start_target
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -41,12 +41,6 @@ HTTPS_GET = (
 )
 
 
-def run(*argv: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
-    result.output = result.stdout + result.stderr
-    return result
-
-
 def https(path: str) -> tuple[str, str]:
     """(status and the override's header, body) of GET https://localhost<path> on the target."""
     out = on_target(HTTPS_GET + path, port=SSH_PORT).stdout
@@ -56,12 +50,7 @@ def https(path: str) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def inventory(demo_target, tmp_path_factory):
-    started = run(
-        str(BIN / "ansible-playbook"), "playbooks/local_target.yml", "--tags", "target",
-        "-e", f"local_target_container={CONTAINER}",
-        "-e", f"local_target_ssh_port={SSH_PORT}", "-e", f"local_target_http_port={HTTP_PORT}",
-    )  # fmt: skip
-    assert started.returncode == 0, started.output[-3000:]
+    start_target(CONTAINER, SSH_PORT, HTTP_PORT)
     folder = tmp_path_factory.mktemp("layout")
     host = connection(SSH_PORT)
     (folder / "hosts.yml").write_text(yaml.safe_dump({"flaskstack": {"hosts": {"demo3": host}}}))

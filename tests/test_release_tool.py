@@ -142,17 +142,14 @@ class Host:
         (src / "live.txt").write_text(live)
         (src / "requirements.txt").write_text("tinydep==1.0\n")
         release = build_release(src, "site", [], [], self.tmp / "cache")
-        result = self.tool(
-            "prepare",
-            "site",
-            release.id,
-            "--archive",
-            self.upload(release.archive),
-            "--wheelhouse",
-            WHEELHOUSE,
-        )
+        result = self.prepare(release)
         assert result.returncode == 0, result.stdout + result.stderr
         return release.id
+
+    def prepare(self, release, wheelhouse: str = WHEELHOUSE) -> subprocess.CompletedProcess:
+        """`flaskstack-release prepare` of a packaged release, uploaded as fab and Ansible do."""
+        archive = self.upload(release.archive)
+        return self.tool("prepare", "site", release.id, "--archive", archive, "--wheelhouse", wheelhouse)
 
     def upload(self, archive: str) -> str:
         """Where fab and Ansible put an archive: the app's upload folder (the tool takes no other)."""
@@ -462,9 +459,7 @@ def test_prepare_without_the_wheelhouse_fails_and_leaves_no_release(host):
     src.mkdir(parents=True)
     (src / "app.py").write_text("")
     release = build_release(src, "site", [], [], host.tmp / "cache")
-    result = host.tool(
-        "prepare", "site", release.id, "--archive", host.upload(release.archive), "--wheelhouse", "cp311-nope"
-    )
+    result = host.prepare(release, wheelhouse="cp311-nope")
     assert result.returncode == 1
     assert "no wheelhouse" in result.stderr and "cp311-nope" in result.stderr
     assert not (host.home / "releases" / release.id).exists()
@@ -531,15 +526,7 @@ def test_a_src_layout_project_is_installed_as_a_wheel_and_each_release_keeps_its
         assert project.wheel and project.requirements == "tinydep\n"
         release = build_release(src, "site", [], [], host.tmp / "cache", project)
         assert not (src / "build").exists() and not list(src.glob("*.egg-info"))  # src stays as it was
-        result = host.tool(
-            "prepare",
-            "site",
-            release.id,
-            "--archive",
-            host.upload(release.archive),
-            "--wheelhouse",
-            WHEELHOUSE,
-        )
+        result = host.prepare(release)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "siteapp-1.0-py2.py3-none-any.whl installed" in result.stdout
         releases.append(release.id)
@@ -577,9 +564,7 @@ def test_a_project_missing_a_dependency_is_refused_when_prepared(host):
         '[build-system]\nrequires = ["flit_core<4"]\nbuild-backend = "flit_core.buildapi"\n'
     )
     release = build_release(src, "site", [], [], host.tmp / "cache", read_project(src))
-    result = host.tool(
-        "prepare", "site", release.id, "--archive", host.upload(release.archive), "--wheelhouse", WHEELHOUSE
-    )
+    result = host.prepare(release)
     assert result.returncode != 0
     assert "notinthewheelhouse" in result.stdout + result.stderr
     assert not (host.home / "releases" / release.id).exists()
