@@ -615,7 +615,7 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
     tls = app.get("tls", "off")
     # certbot keeps its certificates in its own folder (named by --cert-name); the other modes in the app's.
     certificates = f"/etc/letsencrypt/live/{name}" if tls == "acme" else f"{config}/tls"
-    return {
+    found = {
         "user": name,
         "group": name,
         "home": home,
@@ -635,6 +635,9 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         "upload_dir": f"{home}/incoming",
         # Copies of the app's SQLite databases (and backup_command's output) before each migration.
         "backups_dir": f"{home}/backups",
+        # The settings files as they were when the app last answered with them (root's only:
+        # the env file holds secrets); see settings_files below.
+        "good_settings_dir": f"{home}/settings-last-good",
         "history_file": f"{home}/history.jsonl",
         "lock_file": f"{home}/.flaskstack-release.lock",
         # Held for a whole deploy (every host, every step), by fab or ansible-playbook.
@@ -660,6 +663,12 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         "nginx_site": f"{name}.conf",
         "health_host": health_host or names[0],
     }
+    # The files a restart reads: flaskstack-release copies them each time the app answers with
+    # them, and puts those copies back when later ones fail the gates or the health check.
+    found["settings_files"] = [found[key] for key in ("env_file", "server_config", "service_unit_file")] + [
+        config["target"] for config in found["configs"]
+    ]
+    return found
 
 
 def _config_folders(paths: list[str], shared_dirs: list[str]) -> list[str]:

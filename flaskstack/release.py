@@ -522,6 +522,113 @@ def discard(app: App, release: str) -> str:
     return f"discarded {release}"
 
 
+# -- settings: the ones the app last answered with ---------------------------------------
+
+SETTINGS_INDEX = "index.json"
+
+
+def _same_file(path: Path, copy: Path) -> bool:
+    """Same bytes, mode and owner."""
+    try:
+        a, b = path.stat(), copy.stat()
+    except FileNotFoundError:
+        return False
+    same = (a.st_mode, a.st_uid, a.st_gid, a.st_size) == (b.st_mode, b.st_uid, b.st_gid, b.st_size)
+    return same and path.read_bytes() == copy.read_bytes()
+
+
+def _copy_file(src: Path, dest: Path) -> None:
+    """dest as src (bytes, mode, owner), durably, replacing any dest in one rename."""
+    tmp = dest.with_name(f".{dest.name}.flaskstack-{os.getpid()}")
+    shutil.copy2(src, tmp)
+    if os.geteuid() == 0:
+        st = src.stat()
+        os.chown(tmp, st.st_uid, st.st_gid)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, dest)
+
+
+def kept_settings(app: App) -> dict:
+    """The settings files as the app last answered with them: {"release", "time", "files":
+    {path: its copy's name, or None if the file did not exist}}; {} if none are kept."""
+    folder = app.cfg.get("good_settings_dir")
+    try:
+        kept = json.loads((Path(folder) / SETTINGS_INDEX).read_text()) if folder else {}
+    except (OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) and isinstance(kept.get("files"), dict) else {}
+
+
+def settings_changed(app: App, kept: dict) -> list[str]:
+    """The settings files that differ from their kept copies (only files kept then and now)."""
+    folder = Path(app.cfg.get("good_settings_dir") or ".")
+    return [
+        path
+        for path, copy in kept.get("files", {}).items()
+        if path in (app.cfg.get("settings_files") or [])
+        and not (_same_file(Path(path), folder / copy) if copy else not Path(path).exists())
+    ]
+
+
+def keep_settings(app: App, release: str) -> None:
+    """After the app answered with the settings on disk: copies of them, to put back if later
+    settings fail (a new folder renamed into place; a crash meanwhile only loses the copies)."""
+    files, folder = app.cfg.get("settings_files") or [], app.cfg.get("good_settings_dir")
+    if not files or not folder:
+        return
+    kept = kept_settings(app)
+    if kept and set(kept["files"]) == set(files) and not settings_changed(app, kept):
+        return
+    folder = Path(folder)
+    new, old = folder.with_name(folder.name + ".new"), folder.with_name(folder.name + ".old")
+    for stale in (new, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    new.mkdir(mode=0o700)
+    copies: dict[str, str | None] = {}
+    for i, name in enumerate(files):
+        path = Path(name)
+        copies[name] = f"{i}-{path.name}" if path.exists() else None
+        if copies[name]:
+            _copy_file(path, new / copies[name])
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    index = {"release": release, "time": now, "files": copies}
+    (new / SETTINGS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    fsync_dir(new)
+    if folder.exists():
+        folder.rename(old)
+    new.rename(folder)
+    fsync_dir(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_settings(app: App) -> str:
+    """Put back the settings files the app last answered with, where they differ; reload
+    systemd if its unit was one. What it did, in words ("" if nothing differed)."""
+    kept = kept_settings(app)
+    changed = settings_changed(app, kept)
+    if not changed:
+        return ""
+    folder = Path(app.cfg["good_settings_dir"])
+    for name in changed:
+        copy = kept["files"][name]
+        if copy:
+            _copy_file(folder / copy, Path(name))
+        else:
+            Path(name).unlink()
+        fsync_dir(Path(name).parent)
+    if app.cfg.get("service_unit_file") in changed:
+        argv = app.cfg.get("daemon_reload_command") or ["systemctl", "daemon-reload"]
+        run(argv, f"{app.name}: systemctl daemon-reload after putting its unit back failed")
+    return (
+        f"settings put back as {kept.get('release')} last answered with them ({kept.get('time')}): "
+        + ", ".join(changed)
+    )
+
+
 # -- commands --------------------------------------------------------------------------
 
 
@@ -907,9 +1014,12 @@ def activate(
         with step("answer") as s:
             s.detail = answer_gate(app, release)
     except BaseException as exc:  # noqa: BLE001 - a signal too: nothing has switched
-        raise ReleaseError(
-            f"{why(exc)}\n  nothing switched: {live or 'no release'} still live; {discard(app, release)}"
-        ) from None
+        with deferred_signals():
+            back = restore_settings(app) if live else ""
+            raise ReleaseError(
+                f"{why(exc)}\n  nothing switched: {live or 'no release'} still live; {discard(app, release)}"
+                + (f"\n  {back}" if back else "")
+            ) from None
     app.record(release, live, PENDING, f"{action}: {note}")
     try:
         with step("switch") as s:
@@ -923,6 +1033,7 @@ def activate(
         with deferred_signals():
             raise ReleaseError(f"{why(exc)}\n  {switch_back(app, release, live)}") from None
     app.record(release, live, action, note)
+    keep_settings(app, release)
     try:
         prune(app, int(app.cfg["keep_releases"]))
     except (OSError, ReleaseError) as exc:  # the release is live and recorded: say so, do not fail
@@ -947,11 +1058,12 @@ def switch_back(app: App, release: str, live: str | None) -> str:
         app.record(release, None, FAILED, f"{release} failed its health check; it was the first release")
         return f"no previous release: nothing serves {app.name} now; {discard(app, release)}"
     with step("rollback") as s:
+        back = restore_settings(app)
         switch(app, live)
         restart(app)
         s.detail = f"current -> releases/{live}; {wait_healthy(app)}"
     app.record(live, release, "auto-rollback", f"{release} failed its health check")
-    return f"switched back to {live}, which answers; {discard(app, release)}"
+    return f"switched back to {live}, which answers; {discard(app, release)}" + (f"; {back}" if back else "")
 
 
 def recover(app: App) -> None:
@@ -973,6 +1085,7 @@ def recover(app: App) -> None:
             restart(app)  # the process that died may not have restarted it: the new code must run
             wait_healthy(app)
             app.record(release, before, action or "deploy", f"{note} (finished after an interruption)")
+            keep_settings(app, release)
             s.detail = f"{release} was switched to and answers: recorded"
         except ReleaseError as exc:
             s.detail = f"{release} was switched to and does not answer ({exc}): " + switch_back(
@@ -1010,18 +1123,40 @@ def cmd_restart(args) -> int:
                 s.detail = check_gate(app, live)
             with step("answer") as s:
                 s.detail = answer_gate(app, live)
-        except ReleaseError as exc:
-            raise ReleaseError(
-                f"{exc}\n  NOT restarted: the running {app.cfg['service']} keeps serving {live}; the new "
-                "settings are on disk, so any process that starts from now on (a worker respawned, the "
-                "next start) fails the same way until they are fixed"
-            ) from None
-        with step("restart"):
-            restart(app)
-        with step("health") as s:
-            s.detail = wait_healthy(app)
+        except BaseException as exc:  # noqa: BLE001 - a signal too: nothing has restarted
+            with deferred_signals():
+                back = restore_settings(app) or (
+                    "the new settings stay on disk (none it answered with are kept to put back): a "
+                    "process that starts from now on fails the same way until they are fixed"
+                )
+                service = app.cfg["service"]
+                raise ReleaseError(
+                    f"{why(exc)}\n  NOT restarted: the running {service} keeps serving {live}; {back}"
+                ) from None
+        try:
+            with step("restart"):
+                restart(app)
+            with step("health") as s:
+                s.detail = wait_healthy(app)
+        except BaseException as exc:  # noqa: BLE001 - whatever stops it, the old settings come back
+            with deferred_signals():
+                raise ReleaseError(f"{why(exc)}\n  {settings_back(app, live)}") from None
+        keep_settings(app, live)
     print(f"{app.name}: restarted {live} with its current settings")
     return 0
+
+
+def settings_back(app: App, live: str) -> str:
+    """After the live release failed its health check with new settings: the kept ones back,
+    and the app restarted with them (checked). Says what it did."""
+    with step("settings back") as s:
+        back = restore_settings(app)
+        if not back:
+            s.detail = "none kept that differ"
+            return f"{app.name} does not answer with its new settings, and none it answered with are kept"
+        restart(app)
+        s.detail = f"{back}; {wait_healthy(app)}"
+    return f"{back}; {app.name} restarted with them and answers"
 
 
 def cmd_rollback(args) -> int:

@@ -165,6 +165,34 @@ def test_a_multi_line_env_value_reaches_the_app_exactly(inventory):
     assert on_target(read, port=SSH_PORT).stdout.strip() == repr(MULTI_LINE)
 
 
+def test_settings_the_app_does_not_answer_with_are_put_back(inventory, tmp_path):
+    """An env value that breaks the app (a database it cannot open): the run fails and says so,
+    the env file is back as the app last answered with it, and the app serves on."""
+    env = f"{CONFIG_DIR}/hello/app.env"
+    before = on_target(
+        f"sha256sum {env}; systemctl show -p MainPID --value hello.service", port=SSH_PORT
+    ).stdout
+    folder = tmp_path / "inventory"
+    shutil.copytree(inventory, folder)
+    group_vars = yaml.safe_load((folder / "group_vars" / "flaskstack.yml").read_text())
+    group_vars["flaskstack_apps"][0]["env"]["FLASK_SQLALCHEMY_DATABASE_URI"] = "sqlite:////nowhere/hello.db"
+    (folder / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump(group_vars))
+    broken = run(str(BIN / "ansible-playbook"), "site.yml", "-i", str(folder))
+    assert broken.returncode != 0
+    output = " ".join(broken.output.split())
+    assert "does not answer /healthz" in output, broken.output[-3000:]
+    assert "NOT restarted: the running hello.service keeps serving" in output
+    assert "settings put back as" in output and env in output, broken.output[-3000:]
+    # The same file and the same processes, serving.
+    assert (
+        on_target(f"sha256sum {env}; systemctl show -p MainPID --value hello.service", port=SSH_PORT).stdout
+        == before
+    )
+    assert https("/healthz")[0] == "200 yes"
+    again = run(str(BIN / "ansible-playbook"), "site.yml", "-i", str(inventory))
+    assert re.search(r"demo3\s*:\s*ok=\d+\s+changed=0", again.output), again.output[-3000:]
+
+
 @pytest.mark.parametrize(
     "name, what",
     [("legacyapp", "an account (legacy service)"), ("apt-daily", "a packaged service")],

@@ -34,12 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOL = "import sys; from flaskstack.release import main; sys.exit(main(sys.argv[2:], config_dir=sys.argv[1]))"
 WHEELHOUSE = "cp311-x86_64-test"
 
-# The app's code: a factory whose health answer comes from a file of the release,
-# so a test can ship a release that fails before the switch (answer.txt) or only
-# once it is live (live.txt, read by the socket's server).
+# The app's code: a factory whose health answer comes from a file of the release
+# (or ANSWER in its env file), so a test can ship a release that fails before the
+# switch (answer.txt) or only once it is live (live.txt, or BROKEN_WHEN_SERVED in
+# the env file, read by the socket's server).
 APP = """
 import os, tinydep
-STATUS = open(os.path.join(os.path.dirname(__file__), "answer.txt")).read().strip()
+HERE = os.path.dirname(__file__)
+STATUS = os.environ.get("ANSWER") or open(os.path.join(HERE, "answer.txt")).read().strip()
 def create_app():
     def app(environ, start_response):
         start_response(STATUS, [("Content-Type", "text/plain")])
@@ -103,7 +105,8 @@ class Host:
             "isolation": "none",
         }
         self.write_settings()
-        (self.config_dir / "site" / "app.env").write_text('MARK="from the env file"\n')
+        self.env_file = self.config_dir / "site" / "app.env"
+        self.env_file.write_text('MARK="from the env file"\n')
         wheelhouse = self.home / "wheelhouse" / WHEELHOUSE
         wheelhouse.mkdir(parents=True)
         make_wheel(wheelhouse)
@@ -178,6 +181,8 @@ def host(tmp_path):
         def do_GET(self):
             try:
                 text = (host.home / "current" / "live.txt").read_text().strip()
+                if "BROKEN_WHEN_SERVED" in host.env_file.read_text():
+                    text = "503"
                 if text == "garbage":  # an answer http.client rejects (BadStatusLine)
                     self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
                     return
@@ -779,3 +784,50 @@ def test_a_deploy_may_not_put_back_an_older_release_unless_asked(host):
     assert host.tool("activate", "site", older, "--allow-older").returncode == 0
     # Forward again after a rollback: the newer release first served after the older one.
     assert host.tool("activate", "site", newer).returncode == 0
+
+
+def test_settings_that_fail_are_put_back_as_the_app_last_answered_with_them(host):
+    """The settings files are copied each time the app answers with them; new ones that fail
+    the gates, or the health check once restarted, are replaced by those copies."""
+    kept = host.home / "settings-last-good"
+    host.write_settings(settings_files=[str(host.env_file)], good_settings_dir=str(kept))
+    live = host.release("one")
+    assert host.tool("activate", "site", live).returncode == 0
+    good = host.env_file.read_text()
+    assert (kept.stat().st_mode & 0o777, json.loads((kept / "index.json").read_text())["release"]) == (
+        0o700,
+        live,
+    )
+    # Settings the app does not answer with: refused by the gates, put back, nothing restarted.
+    host.env_file.write_text(good + 'ANSWER="500 Internal Server Error"\n')
+    refused = host.tool("restart", "site")
+    assert refused.returncode != 0
+    assert f"NOT restarted: the running site.service keeps serving {live}; settings put back as {live}" in (
+        refused.stderr
+    ), refused.stderr
+    assert host.env_file.read_text() == good
+    # Settings that fail only once served: restarted, failed, put back and restarted again.
+    host.env_file.write_text(good + 'BROKEN_WHEN_SERVED="1"\n')
+    failed = host.tool("restart", "site")
+    assert failed.returncode != 0
+    assert "health check through" in failed.stderr
+    assert f"settings put back as {live} last answered with them" in failed.stderr, failed.stderr
+    assert "site restarted with them and answers" in failed.stderr
+    assert host.env_file.read_text() == good
+    # A new release deployed with such settings: switched back, with the settings it answered with.
+    host.env_file.write_text(good + 'BROKEN_WHEN_SERVED="1"\n')
+    two = host.release("two")
+    switched = host.tool("activate", "site", two)
+    assert switched.returncode != 0
+    assert (
+        f"switched back to {live}, which answers" in switched.stderr
+        and "settings put back" in switched.stderr
+    )
+    assert (host.live(), host.env_file.read_text()) == (live, good)
+    # Settings it answers with are kept: the next failure goes back to them.
+    newer = good + 'MARK="newer"\n'
+    host.env_file.write_text(newer)
+    assert host.tool("restart", "site").returncode == 0
+    host.env_file.write_text(newer + 'ANSWER="500 Internal Server Error"\n')
+    assert host.tool("restart", "site").returncode != 0
+    assert host.env_file.read_text() == newer
