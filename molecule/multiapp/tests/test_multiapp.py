@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -82,6 +83,17 @@ mask = os.urandom(4)
 s.sendall(bytes([0x81, 0x80 | len(message)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(message)))
 first, length = s.recv(2)
 print(s.recv(length & 0x7F).decode())
+if len(sys.argv) > 3:  # restart the service (as a deploy does) with the WebSocket open
+    import subprocess, time
+    start = time.monotonic()
+    restart = subprocess.Popen(["systemctl", "restart", sys.argv[3]])
+    s.settimeout(60)
+    frame = b""
+    while len(frame) < 4 and (chunk := s.recv(4 - len(frame))):
+        frame += chunk
+    closed = time.monotonic() - start
+    restart.wait()
+    print(frame.hex(), round(closed, 1), round(time.monotonic() - start, 1), s.recv(1) == b"")
 """
 
 
@@ -94,3 +106,21 @@ def test_websocket_echo_through_nginx(host, app, worker):
     config = host.file(f"/etc/flaskstack/{app}/gunicorn.conf.py").content_string
     assert f'worker_class = "{worker}"' in config
     assert f"Using worker: {worker}" in host.check_output(f"journalctl -u {app}.service --no-pager -o cat")
+
+
+@pytest.mark.parametrize("app", ["hello", "shop"])
+def test_an_open_websocket_is_closed_going_away_and_does_not_hold_a_restart(host, app):
+    """A deploy restarts the app server: its WebSockets get a close frame with code 1001 at
+    once, and the restart does not wait out graceful_timeout (30 s) for them."""
+    out = host.check_output(f"python3 -c '{WS_ECHO}' {APPS[app][0]} 'hi' {app}.service")
+    frame, closed, restarted, eof = out.splitlines()[-1].split()
+    assert frame == "880203e9"  # FIN + close, 2 bytes: 1001 (going away)
+    assert eof == "True"  # then the connection ends
+    graceful = int(
+        re.search(
+            r"^graceful_timeout = (\d+)",
+            host.file(f"/etc/flaskstack/{app}/gunicorn.conf.py").content_string,
+            re.M,
+        ).group(1)
+    )
+    assert float(closed) < 5 and float(restarted) < graceful / 3, out
