@@ -8,6 +8,8 @@ inventory's own app/ again, as `make demo` leaves it.
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import shutil
 import subprocess
@@ -18,13 +20,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench.appvariants import adds_requirement, breaks_health, fails_when_served, lists_interfaces, variant
+from bench.traffic import Load
 from tests.targets import on_target
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "http://127.0.0.1:8080"
-FAB = Path(sys.executable).parent / "fab"
+BIN = Path(sys.executable).parent
+FAB = BIN / "fab"
 
 pytestmark = pytest.mark.target
 # Release ids are content hashes: a label of this run's own makes every variant a new release,
@@ -246,3 +251,171 @@ def test_two_deploys_at_once_one_waits_its_turn(demo, tmp_path):
     loser = next(label for label, code in codes.items() if code == 1)
     assert "locked for a deploy by fab deploy by" in outputs[loser] and "nothing changed" in outputs[loser]
     assert f"{winner}-{RUN}" in page()
+
+
+def test_the_client_killed_during_prepare_leaves_no_half_release(demo, tmp_path):
+    """fab killed while the host prepares a release (a new requirement: a venv of its own):
+    the live release serves on, nothing half-made is ever listed or activated, and once the
+    lock is released the same deploy goes through."""
+    before, live = page(), live_release()
+    src = variant(tmp_path, f"prepkill-{RUN}", adds_requirement("six==1.17.0"))
+    known = set(on_target("ls /srv/hello/releases").stdout.split())
+    client = subprocess.Popen([FAB, "deploy", "--app", "hello", "--src", str(src)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline, new = time.monotonic() + 180, set()
+    while not new and time.monotonic() < deadline and client.poll() is None:
+        new = set(on_target("ls /srv/hello/releases").stdout.split()) - known
+        time.sleep(0.1)
+    assert new and client.poll() is None, "the deploy never reached prepare"
+    client.kill()
+    client.wait()
+    time.sleep(5)  # whatever the host's prepare does after losing its client
+    assert live_release() == live and page() == before
+    listed = fab("releases")
+    for release in new:
+        # Either finished (prepared, listed) or not listed at all: never a half-made one.
+        prepared = (
+            on_target(
+                f"test -f /srv/hello/releases/{release}/venv/.flaskstack-complete", check=False
+            ).returncode
+            == 0
+        )
+        assert (release in listed.stdout) == prepared, listed.output
+    assert fab("unlock", "--force").returncode == 0
+    again = fab("deploy", "--app", "hello", "--src", str(src))
+    assert again.returncode == 0, again.output
+    assert f"prepkill-{RUN}" in page()
+
+
+def answer(host: str, path: str = "/healthz") -> int:
+    """The status nginx answers for a host name; 0 for no answer (a 444, a connection refused)."""
+    conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return 0
+    finally:
+        conn.close()
+
+
+def main_pid() -> str:
+    return on_target("systemctl show -p MainPID --value hello.service").stdout.strip()
+
+
+def test_the_app_server_killed_under_load_loses_only_requests_in_flight(demo):
+    """kill -9 of gunicorn's main process while 4 clients send requests: systemd starts it
+    again (the socket stays, so new connections wait); only the requests the killed
+    processes held may fail."""
+    killed = main_pid()
+    load = Load(clients=4, rate=20).start()
+    time.sleep(2)
+    on_target(f"kill -9 {killed}")
+    deadline = time.monotonic() + 30
+    while main_pid() in (killed, "0") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)
+    load.stop()
+    assert main_pid() not in (killed, "0")
+    assert load.sent > 200 and len(load.failures) <= 4, load.failures
+    assert answer("localhost") == 200
+
+
+def test_ansible_playbook_during_a_fab_deploy_is_refused_and_changes_nothing(demo):
+    """The app's deploy lock held as fab deploy holds it: ansible-playbook stops before it
+    changes the app, names the holder, and leaves that deploy's lock alone."""
+    token = uuid.uuid4().hex
+    on_target(f"flaskstack-release lock hello --holder 'fab deploy by tester@laptop' --token {token}")
+    try:
+        result = subprocess.run([BIN / "ansible-playbook", "site.yml"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=900, check=False)  # fmt: skip
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        flat = " ".join(output.split())
+        assert "locked for a deploy by fab deploy by tester@laptop" in flat, output[-3000:]
+        assert re.search(r"demo\s*:\s*ok=\d+\s+changed=0", output), output[-3000:]
+        assert "fab deploy by tester@laptop" in on_target("flaskstack-release status hello").stdout
+    finally:
+        on_target(f"flaskstack-release unlock hello --token {token}")
+
+
+def test_a_second_app_added_under_load_leaves_the_first_alone(demo, tmp_path):
+    """site.yml adds an app while the first serves under load: 0 failed requests on the first,
+    whose processes are not restarted; then the second is removed (state: absent), as alone.
+    (nginx reloads for the new site: a request it closes unanswered on an idle keep-alive
+    connection is sent again by the load's client, as browsers do.)"""
+    group_vars = yaml.safe_load((ROOT / "inventory/local/group_vars/flaskstack.yml").read_text())
+    second = {
+        **group_vars["flaskstack_apps"][0],
+        "name": "second",
+        "server_names": ["second.localhost"],
+        "env": {"FLASK_INSTANCE_PATH": "/srv/second/shared/data"},
+        "secret_env": {"FLASK_SECRET_KEY": uuid.uuid4().hex},
+    }
+    # The inventory's release live: a run that leaves it as it is (a fab deploy since would be
+    # put back, restarting it).
+    assert fab("deploy", "--allow-older").returncode == 0
+    for state in ("present", "absent"):
+        apps = tmp_path / f"apps-{state}.json"
+        apps.write_text(
+            json.dumps({"flaskstack_apps": [*group_vars["flaskstack_apps"], {**second, "state": state}]})
+        )
+        pid = main_pid()
+        load = Load(clients=4, rate=20).start()
+        result = subprocess.run([BIN / "ansible-playbook", "site.yml", "-e", f"@{apps}"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
+        load.stop()
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        assert (load.failures, main_pid()) == ([], pid), state
+        assert answer("second.localhost") == (200 if state == "present" else 0)  # 0: nginx's 444
+
+
+def test_the_whole_target_restarted_serves_again_with_no_manual_step(demo):
+    """`docker restart` of the target (a VM rebooted): nginx, the socket and the app come
+    back by themselves, serving the same release, with no lock left behind."""
+    live = live_release()
+    subprocess.run(["docker", "restart", "flaskstack-demo"], check=True, capture_output=True, timeout=120)
+    deadline = time.monotonic() + 120
+    while answer("localhost") != 200 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert answer("localhost") == 200 and live_release() == live
+    status = on_target("flaskstack-release status hello").stdout
+    assert re.search(r"^health\s+GET /healthz -> 200", status, re.MULTILINE) and "locked" not in status, (
+        status
+    )
+
+
+def test_a_full_disk_during_prepare_fails_the_deploy_and_the_live_release_serves_on(demo, tmp_path):
+    """The releases' filesystem fills up while a new venv is built: the deploy fails saying
+    why, the half-built release is removed, and the live release serves on untouched."""
+    before, live = page(), live_release()
+    src = variant(tmp_path, f"diskfull-{RUN}", adds_requirement("six==1.17.0"))
+    # /srv/hello/releases on a filesystem of its own that holds the live release and 8 MB more.
+    size = int(on_target(f"du -sm /srv/hello/releases/{live}").stdout.split()[0]) + 8
+    on_target(
+        f"rm -rf /root/live-copy && cp -a /srv/hello/releases/{live} /root/live-copy && "
+        f"mount -t tmpfs -o size={size}m,mode=0755 flaskstack-full /srv/hello/releases && "
+        f"cp -a /root/live-copy /srv/hello/releases/{live} && rm -rf /root/live-copy"
+    )
+    try:
+        result = fab("deploy", "--app", "hello", "--src", str(src))
+        assert result.returncode == 1, result.output
+        assert "could not be prepared" in result.output and "No space left on device" in result.output
+        assert on_target("ls /srv/hello/releases").stdout.split() == [live]
+        assert page() == before and live_release() == live
+    finally:
+        on_target("umount -l /srv/hello/releases", check=False)
+    assert page() == before and answer("localhost") == 200
+
+
+def test_a_torn_history_line_is_skipped_and_said(demo, tmp_path):
+    """A history line cut short (a full disk, a power cut mid-write): status says so, and a
+    deploy and a rollback go on, each with a whole line of its own."""
+    live = live_release()
+    on_target("""printf '{"action": "deploy", "release": "abc' >> /srv/hello/history.jsonl""")
+    status = fab("status")
+    assert status.returncode == 0 and "1 torn line skipped" in status.output, status.output
+    deployed = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, f"torn-{RUN}")))
+    assert deployed.returncode == 0, deployed.output
+    assert fab("rollback").returncode == 0 and live_release() == live
+    assert last_actions(4) == ["pending", "deploy", "pending", "rollback"]

@@ -1,0 +1,115 @@
+"""Bounded HTTP load on the demo target's nginx (127.0.0.1:8080 only), for the benchmarks
+and the fault tests: client threads at a fixed pace on keep-alive connections, at most
+MAX_SECONDS and MAX_REQUESTS, counting failed requests (a non-2xx answer or a
+connection error) and latencies.
+
+nginx closes idle keep-alive connections when it reloads (a new site, a new
+certificate): a request sent on one as it closes gets no answer at all. As
+browsers do (RFC 9112, 9.3.1), such a request (on a reused connection, nothing
+received) is sent again once on a new connection, and counted in `retried`; any
+answer that is not 2xx, and any other error, is a failure."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+HOST, PORT = "127.0.0.1", 8080
+MAX_SECONDS = 180
+MAX_REQUESTS = 200_000
+
+
+@dataclass
+class Load:
+    """Client threads sending GET requests at a fixed pace until stopped."""
+
+    clients: int
+    rate: float  # requests per second per client
+    path: str = "/"
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    sent: int = 0
+    retried: int = 0
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
+
+    def start(self) -> Load:
+        self.deadline = time.monotonic() + MAX_SECONDS
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _client(self) -> None:
+        conn = None
+        interval = 1.0 / self.rate
+        next_at = time.monotonic()
+        while not self._stop.is_set() and time.monotonic() < self.deadline:
+            with self._lock:
+                if self.sent >= MAX_REQUESTS:
+                    return
+                self.sent += 1
+            start = time.monotonic()
+            try:
+                reused = conn is not None
+                if conn is None:
+                    conn = http.client.HTTPConnection(HOST, PORT, timeout=30)
+                try:
+                    response = self._get(conn)
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                    if not reused:
+                        raise
+                    conn.close()
+                    conn = http.client.HTTPConnection(HOST, PORT, timeout=30)
+                    with self._lock:
+                        self.retried += 1
+                    response = self._get(conn)
+                if not 200 <= response.status < 300:
+                    self._fail(f"HTTP {response.status}")
+                if response.will_close:
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                self._fail(f"{type(exc).__name__}: {exc}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+            with self._lock:
+                self.latencies.append(time.monotonic() - start)
+            next_at += interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def _get(self, conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
+        conn.request("GET", self.path, headers={"Host": "localhost"})
+        response = conn.getresponse()
+        response.read()
+        return response
+
+    def _fail(self, what: str) -> None:
+        with self._lock:
+            self.failures.append(what)
+
+
+def live_release() -> str:
+    conn = http.client.HTTPConnection(HOST, PORT, timeout=10)
+    conn.request("GET", "/healthz", headers={"Host": "localhost"})
+    return json.loads(conn.getresponse().read())["release"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return (
+        statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
+        if len(values) > 1
+        else 0.0
+    )
