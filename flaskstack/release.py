@@ -846,7 +846,8 @@ def backup(app: App, release: str) -> Path:
     paths (SQLite's online backup), and the standard output of backup_command (for another
     database: `pg_dump "$DATABASE_URL"`), in <home>/backups/<time>-before-<release>/, root's
     only. The newest keep_backups are kept."""
-    folder = Path(app.cfg["backups_dir"]) / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-before-{release}"
+    # Named to sort by time (to the microsecond: two deploys in one second stay in order).
+    folder = Path(app.cfg["backups_dir"]) / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%fZ}-before-{release}"
     folder.mkdir(parents=True, mode=0o700)
     os.chmod(folder.parent, 0o700)
     for root in map(Path, app.cfg["writable_paths"]):
@@ -858,9 +859,13 @@ def backup(app: App, release: str) -> Path:
             else []
         )
         for path in files:
-            with path.open("rb") as head:
-                if head.read(16) != SQLITE_MAGIC:
-                    continue
+            # The live app writes meanwhile: its database's journal comes and goes.
+            try:
+                with path.open("rb") as head:
+                    if head.read(16) != SQLITE_MAGIC:
+                        continue
+            except FileNotFoundError:
+                continue
             copy = folder / path.relative_to(app.home)
             copy.parent.mkdir(parents=True, exist_ok=True)
             source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
