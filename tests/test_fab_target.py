@@ -269,19 +269,24 @@ def test_the_client_killed_during_prepare_leaves_no_half_release(demo, tmp_path)
     assert new and client.poll() is None, "the deploy never reached prepare"
     client.kill()
     client.wait()
-    time.sleep(5)  # whatever the host's prepare does after losing its client
-    assert live_release() == live and page() == before
-    listed = fab("releases")
-    for release in new:
-        # Either finished (prepared, listed) or not listed at all: never a half-made one.
-        prepared = (
-            on_target(
-                f"test -f /srv/hello/releases/{release}/venv/.flaskstack-complete", check=False
-            ).returncode
-            == 0
-        )
-        assert (release in listed.stdout) == prepared, listed.output
-    assert fab("unlock", "--force").returncode == 0
+    try:
+        # The host's prepare goes on without its client: wait for it to end, then look.
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            # [f]: the pattern must not match the shell that runs pgrep.
+            if on_target("pgrep -f '[f]laskstack-release.* prepare '", check=False).returncode != 0:
+                break
+            time.sleep(1)
+        assert live_release() == live and page() == before
+        listed = fab("releases")
+        for release in new:
+            # Either finished (prepared, listed) or not listed at all: never a half-made one.
+            marker = f"/srv/hello/releases/{release}/venv/.flaskstack-complete"
+            prepared = on_target(f"test -f {marker}", check=False).returncode == 0
+            assert (release in listed.stdout) == prepared, listed.output
+    finally:
+        # The lock the killed client held, whatever happened above (the next tests need it free).
+        assert fab("unlock", "--force").returncode == 0
     again = fab("deploy", "--app", "hello", "--src", str(src))
     assert again.returncode == 0, again.output
     assert f"prepkill-{RUN}" in page()
