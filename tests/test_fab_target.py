@@ -24,7 +24,7 @@ import yaml
 
 from bench.appvariants import adds_requirement, breaks_health, fails_when_served, lists_interfaces, variant
 from bench.traffic import Load
-from tests.targets import on_target
+from tests.targets import on_target, run
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "http://127.0.0.1:8080"
@@ -332,9 +332,8 @@ def test_ansible_playbook_during_a_fab_deploy_is_refused_and_changes_nothing(dem
     token = uuid.uuid4().hex
     on_target(f"flaskstack-release lock hello --holder 'fab deploy by tester@laptop' --token {token}")
     try:
-        result = subprocess.run([BIN / "ansible-playbook", "site.yml"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=900, check=False)  # fmt: skip
-        output = result.stdout + result.stderr
+        result = run(str(BIN / "ansible-playbook"), "site.yml")
+        output = result.output
         assert result.returncode != 0
         flat = " ".join(output.split())
         assert "locked for a deploy by fab deploy by tester@laptop" in flat, output[-3000:]
@@ -367,10 +366,9 @@ def test_a_second_app_added_under_load_leaves_the_first_alone(demo, tmp_path):
         )
         pid = main_pid()
         load = Load(clients=4, rate=20).start()
-        result = subprocess.run([BIN / "ansible-playbook", "site.yml", "-e", f"@{apps}"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
+        result = run(str(BIN / "ansible-playbook"), "site.yml", "-e", f"@{apps}")
         load.stop()
-        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        assert result.returncode == 0, result.output[-3000:]
         assert (load.failures, main_pid()) == ([], pid), state
         assert answer("second.localhost") == (200 if state == "present" else 0)  # 0: nginx's 444
 
