@@ -415,6 +415,10 @@ def build_wheelhouse(
                     f"{architecture}:\n{reason}"
                 )
         (partial / "packages.txt").rename(partial / SERVER_REQUIREMENTS)
+        # Another process (a second host, or a parallel test run) may have finished it
+        # while this one downloaded: keep theirs, which someone may be reading now.
+        if (folder / SERVER_REQUIREMENTS).is_file():
+            return key, folder
         shutil.rmtree(folder, ignore_errors=True)  # an incomplete one
         try:
             partial.rename(folder)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
 import tarfile
 
 import pytest
 
-from flaskstack.packaging import REVISION_FILE, build_release, release_id, source_files
+from flaskstack.packaging import (
+    REVISION_FILE,
+    SERVER_REQUIREMENTS,
+    Project,
+    build_release,
+    build_wheelhouse,
+    release_id,
+    source_files,
+    wheelhouse_key,
+)
 
 EXCLUDE = ["__pycache__", "*.pyc", "tests"]
 
@@ -113,3 +123,27 @@ def test_requirements_includes_are_read_as_pip_reads_them(tmp_path):
         WheelhouseError, match=r"prod\.txt includes \.\./constraints\.txt, which does not exist"
     ):
         read_requirements(tmp_path / "requirements" / "prod.txt")
+
+
+def test_a_wheelhouse_another_process_finished_first_is_kept(tmp_path, monkeypatch):
+    """Two runs (a second host, or test scenarios run in parallel) download the same
+    wheelhouse at once: the one that finishes second keeps the first one's folder, which
+    the first may be reading, instead of replacing it."""
+    project = Project(
+        shape="requirements", requirements="Flask==3.1.3\n", constraints="", files=("requirements.txt",)
+    )
+    key = wheelhouse_key(b"Flask==3.1.3\n\0", ["gunicorn"], "3.11", "x86_64")
+    theirs = tmp_path / "wheelhouse" / "hello" / key
+
+    def download(argv, **kwargs):
+        # While this process downloads, the other one completes the same folder.
+        theirs.mkdir(parents=True, exist_ok=True)
+        (theirs / "flask-3.1.3-py3-none-any.whl").write_text("theirs")
+        (theirs / SERVER_REQUIREMENTS).write_text("gunicorn\n")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", download)
+    got_key, folder = build_wheelhouse("hello", project, ["gunicorn"], "3.11", "x86_64", [], [], tmp_path)
+    assert (got_key, folder) == (key, theirs)
+    assert (folder / "flask-3.1.3-py3-none-any.whl").read_text() == "theirs"
+    assert sorted(p.name for p in folder.parent.iterdir()) == [key]  # no partial left behind
