@@ -15,6 +15,7 @@ Configuration comes from the environment, read by ``from_prefixed_env``:
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from flask import Flask, jsonify, render_template
@@ -70,6 +71,7 @@ def _register_routes(app: Flask) -> None:
             "index.html",
             visits=db.session.query(Visit).count(),
             release=app.config["RELEASE_ID"],
+            host=socket.gethostname(),
         )
 
     @app.get("/healthz")
@@ -84,6 +86,8 @@ def _register_routes(app: Flask) -> None:
         body = {
             "status": "ok" if healthy else "error",
             "release": app.config["RELEASE_ID"],
+            # Which host answered: behind a load balancer, each request may be another's.
+            "host": socket.gethostname(),
             "database": database,
         }
         return jsonify(body), 200 if healthy else 503

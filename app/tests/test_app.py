@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from hello import create_app
@@ -34,6 +36,7 @@ def test_home_page_counts_visits_and_links_the_stylesheet(client):
     assert b'href="/static/style.css"' in first.data
     assert b'<strong id="visits">1</strong>' in first.data
     assert b'<strong id="visits">2</strong>' in second.data
+    assert f'<code id="host">{socket.gethostname()}</code>'.encode() in first.data
 
 
 def test_healthz_reports_status_release_and_database(client):
@@ -42,6 +45,7 @@ def test_healthz_reports_status_release_and_database(client):
     assert response.get_json() == {
         "status": "ok",
         "release": "development",
+        "host": socket.gethostname(),
         "database": "ok",
     }
 
