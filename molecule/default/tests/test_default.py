@@ -38,7 +38,8 @@ def test_healthz_reports_the_release_that_current_points_to(host, http):
     assert headers["Content-Type"] == "application/json"
     health = json.loads(body)
     revision = host.file(f"{HOME}/current/REVISION").content_string.strip()
-    assert health == {"status": "ok", "release": revision, "database": "ok"}
+    hostname = host.check_output("hostname")
+    assert health == {"status": "ok", "release": revision, "host": hostname, "database": "ok"}
 
 
 def test_static_file_is_served_by_nginx_from_disk(host, http):
