@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import statistics
 import threading
 import time
@@ -30,6 +31,8 @@ class Load:
     clients: int
     rate: float  # requests per second per client
     path: str = "/"
+    port: int = PORT
+    tls: bool = False  # HTTPS (a self-signed certificate: not checked)
     latencies: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     sent: int = 0
@@ -64,14 +67,14 @@ class Load:
             try:
                 reused = conn is not None
                 if conn is None:
-                    conn = http.client.HTTPConnection(HOST, PORT, timeout=30)
+                    conn = self._connect()
                 try:
                     response = self._get(conn)
                 except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                     if not reused:
                         raise
                     conn.close()
-                    conn = http.client.HTTPConnection(HOST, PORT, timeout=30)
+                    conn = self._connect()
                     with self._lock:
                         self.retried += 1
                     response = self._get(conn)
@@ -89,6 +92,12 @@ class Load:
                 self.latencies.append(time.monotonic() - start)
             next_at += interval
             self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.tls:
+            context = ssl._create_unverified_context()  # noqa: S323 - the test targets' own certificates
+            return http.client.HTTPSConnection(HOST, self.port, timeout=30, context=context)
+        return http.client.HTTPConnection(HOST, self.port, timeout=30)
 
     def _get(self, conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
         conn.request("GET", self.path, headers={"Host": "localhost"})

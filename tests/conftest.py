@@ -24,24 +24,17 @@ def run_site(tmp_path):
     role that changes a host started (task order is the same without --check).
     """
 
-    def run(group_vars: dict) -> subprocess.CompletedProcess:
+    def run(group_vars: dict, groups: dict | None = None) -> subprocess.CompletedProcess:
+        """groups: {group: host vars of "badinput" in it} (default: the flaskstack group)."""
         inventory = tmp_path / "inventory"
         (inventory / "group_vars").mkdir(parents=True)
-        (inventory / "hosts.yml").write_text(
-            yaml.safe_dump(
-                {
-                    "flaskstack": {
-                        "hosts": {
-                            "badinput": {
-                                "ansible_connection": "local",
-                                "ansible_python_interpreter": sys.executable,
-                            }
-                        }
-                    }
-                }
-            )
-        )
-        (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump(group_vars))
+        local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+        hosts = {
+            group: {"hosts": {"badinput": {**local, **more}}}
+            for group, more in (groups or {"flaskstack": {}}).items()
+        }
+        (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+        (inventory / "group_vars" / "all.yml").write_text(yaml.safe_dump(group_vars))
         env = dict(
             os.environ,
             ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),

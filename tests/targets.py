@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,9 +54,14 @@ def run(*argv: str) -> subprocess.CompletedProcess:
 
 def start_target(container: str, ssh_port: int, http_port: int) -> None:
     """Another test target beside the demo's, made by the demo's own playbook."""
+    target = {
+        "container": container,
+        "hostname": container.removeprefix("flaskstack-"),
+        "ssh_port": ssh_port,
+        "published": [f"127.0.0.1:{http_port}:80"],
+    }
     started = run(
         str(BIN / "ansible-playbook"), "playbooks/local_target.yml", "--tags", "target",
-        "-e", f"local_target_container={container}",
-        "-e", f"local_target_ssh_port={ssh_port}", "-e", f"local_target_http_port={http_port}",
+        "-e", json.dumps({"local_targets": [target]}),
     )  # fmt: skip
     assert started.returncode == 0, started.output[-3000:]

@@ -216,9 +216,35 @@ CASES = {
 }
 
 
+# The inventory's groups: {group: the host's variables in it}.
+GROUP_CASES = {
+    "a load balancer with no app hosts": (
+        {"flaskstack_lb": {"flaskstack_private_address": "10.0.0.10"}},
+        r"The group flaskstack_lb has hosts \(badinput\) but the group flaskstack has none",
+    ),
+    "an app host behind a load balancer without an address": (
+        {"flaskstack_lb": {}, "flaskstack": {}},
+        r"badinput: flaskstack_private_address is not set; with load balancers",
+    ),
+    "an address that is not one": (
+        {"flaskstack_lb": {"flaskstack_private_address": "app-one.lan"}, "flaskstack": {}},
+        r"badinput: flaskstack_private_address is \"app-one.lan\", not an IP address",
+    ),
+}
+
+
+@pytest.mark.parametrize("groups, message", GROUP_CASES.values(), ids=GROUP_CASES.keys())
+def test_bad_groups_stop_before_any_change(run_site, groups, message):
+    result = run_site({"flaskstack_apps": [app()]}, groups=groups)
+    stopped_before_any_change(result, message)
+
+
 @pytest.mark.parametrize("group_vars, message", CASES.values(), ids=CASES.keys())
 def test_bad_input_stops_before_any_change(run_site, group_vars, message):
-    result = run_site(group_vars)
+    stopped_before_any_change(run_site(group_vars), message)
+
+
+def stopped_before_any_change(result, message: str) -> None:
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     # Ansible wraps long messages: compare with the white space folded.
