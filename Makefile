@@ -10,7 +10,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 DEMO_URL := http://127.0.0.1:8080
-CLUSTER_URL := https://127.0.0.1:8493
+CLUSTER_URL := https://localhost:8493
 
 .PHONY: help
 help: ## List the targets
@@ -46,8 +46,8 @@ cluster: venv ## A load balancer and three app hosts (containers on this machine
 	$(PLAYBOOK) playbooks/local_target.yml -i inventory/cluster
 	$(PLAYBOOK) site.yml -i inventory/cluster
 	@echo
-	@echo "flaskstack cluster: $(CLUSTER_URL) (self-signed; http://127.0.0.1:8090 redirects to port 443)"
-	@$(BIN)/python -c 'import ssl, sys, urllib.request; ctx = ssl._create_unverified_context(); r = urllib.request.urlopen(urllib.request.Request(sys.argv[1] + "/healthz", headers={"Host": "localhost"}), timeout=10, context=ctx); print("GET /healthz ->", r.status, r.read().decode())' $(CLUSTER_URL)
+	@echo "flaskstack cluster: $(CLUSTER_URL) (a self-signed certificate; http://localhost:8090 redirects there)"
+	@$(BIN)/python -c 'import ssl, sys, urllib.request; ctx = ssl._create_unverified_context(); r = urllib.request.urlopen(sys.argv[1] + "/healthz", timeout=10, context=ctx); print("GET /healthz ->", r.status, r.read().decode())' $(CLUSTER_URL)
 
 .PHONY: clean
 clean: ## Remove the demo and cluster targets (containers, network, key, secrets)

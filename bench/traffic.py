@@ -95,8 +95,10 @@ class Load:
 
     def _connect(self) -> http.client.HTTPConnection:
         if self.tls:
-            context = ssl._create_unverified_context()  # noqa: S323 - the test targets' own certificates
-            return http.client.HTTPSConnection(HOST, self.port, timeout=30, context=context)
+            # "localhost" (loopback), not 127.0.0.1: TLS sends the name (SNI) only for a name, and
+            # nginx refuses a handshake without one. The certificate is the target's self-signed one.
+            context = ssl._create_unverified_context()  # noqa: S323
+            return http.client.HTTPSConnection("localhost", self.port, timeout=30, context=context)
         return http.client.HTTPConnection(HOST, self.port, timeout=30)
 
     def _get(self, conn: http.client.HTTPConnection) -> http.client.HTTPResponse:

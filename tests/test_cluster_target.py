@@ -1,7 +1,7 @@
 """The cluster target (`make cluster`): a load balancer and three app hosts, each a
 systemd container with an address of its own on the project's network, provisioned
 by `ansible-playbook site.yml -i inventory/cluster` over SSH. Checked as a user
-would: the load balancer's HTTPS on 127.0.0.1:8493 answers from every app host in
+would: the load balancer's HTTPS on localhost:8493 (127.0.0.1) answers from every app host in
 turn, an app host answers the load balancer only, an app host stopped and started
 under load costs no request, and a second run changes nothing. Removed at the end.
 """
@@ -34,8 +34,9 @@ pytestmark = pytest.mark.target
 def get(path: str = "/healthz", port: int = HTTPS) -> tuple[int, dict, bytes]:
     """GET through the load balancer (Host: localhost), its certificate not checked."""
     if port == HTTPS:
+        # "localhost": TLS names the site (SNI) only for a name; nginx refuses a handshake without.
         context = ssl._create_unverified_context()  # noqa: S323 - the cluster's self-signed certificate
-        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=20, context=context)
+        conn = http.client.HTTPSConnection("localhost", port, timeout=20, context=context)
     else:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
     try:
@@ -60,14 +61,14 @@ def cluster(demo_target):
 
 
 def test_make_cluster_prints_the_load_balancers_url(cluster):
-    assert "flaskstack cluster: https://127.0.0.1:8493" in cluster
+    assert "flaskstack cluster: https://localhost:8493" in cluster
     assert "GET /healthz -> 200" in cluster
 
 
 def test_the_load_balancer_spreads_requests_over_every_app_host(cluster):
     assert hosts_answering() == set(APP_HOSTS)
     status, headers, _ = get("/", port=HTTP)
-    assert (status, headers["Location"]) == (301, "https://localhost/")
+    assert (status, headers["Location"]) == (301, "https://localhost:8493/")
     status, _, page = get("/")
     assert status == 200 and re.search(rb'served by <code id="host">app[123]</code>', page)
     assert get("/static/style.css")[0] == 200
