@@ -228,7 +228,7 @@ GROUP_CASES = {
     ),
     "an address that is not one": (
         {"flaskstack_lb": {"flaskstack_private_address": "app-one.lan"}, "flaskstack": {}},
-        r"badinput: flaskstack_private_address is \"app-one.lan\", not an IP address",
+        r"badinput: flaskstack_private_address is \"app-one.lan\", not an IPv4 address",
     ),
 }
 

@@ -75,9 +75,11 @@ def test_the_load_balancer_spreads_requests_over_every_app_host(cluster):
 
 
 def test_an_app_host_answers_the_load_balancer_only(cluster):
+    """Checked on the connecting address, whatever X-Forwarded-For says."""
     ask = (
         "python3 -c 'import sys, urllib.request, urllib.error\n"
-        'r = urllib.request.Request("http://10.87.0.11:8081/healthz", headers={"Host": "localhost"})\n'
+        'r = urllib.request.Request("http://10.87.0.11:8081/healthz",\n'
+        '    headers={"Host": "localhost", "X-Forwarded-For": "203.0.113.7"})\n'
         "try: print(urllib.request.urlopen(r, timeout=10).status)\n"
         "except urllib.error.HTTPError as e: print(e.code)'"
     )
