@@ -37,9 +37,11 @@ demo: venv ## Provision the embedded local target and print its URL
 	@$(BIN)/python -c 'import sys, urllib.request; r = urllib.request.urlopen(sys.argv[1] + "/healthz", timeout=10); print("GET /healthz ->", r.status, r.read().decode())' $(DEMO_URL)
 
 .PHONY: bench
-bench: demo ## Benchmark: HTTP load through nginx during fab deploys, failed deploys, rollback, config change
+bench: demo cluster ## Benchmark: HTTP load during deploys, failed deploys, faults (demo and cluster)
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk
 	$(BIN)/python bench/deploy_speed.py
 	$(BIN)/python bench/zero_downtime.py
+	$(BIN)/python bench/cluster.py
 
 .PHONY: cluster
 cluster: venv ## A load balancer and three app hosts (containers on this machine); print the URL
@@ -69,8 +71,13 @@ pytest: venv ## pytest: the sample app, packaging, flaskstack-release, the fabfi
 
 .PHONY: test-target
 test-target: engine ## pytest against the demo target over SSH: make demo twice, fab deploy/rollback
-	@echo "== pytest -m target"
-	time $(BIN)/pytest -m target
+	@echo "== pytest -m 'target and not cluster'"
+	time $(BIN)/pytest -m "target and not cluster"
+
+.PHONY: test-cluster
+test-cluster: engine ## pytest against the cluster (make cluster): balancing, rolling deploys, faults
+	@echo "== pytest -m cluster"
+	time $(BIN)/pytest -m cluster
 
 # Every scenario under molecule/, each in its own container (flaskstack-molecule-<name>).
 SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
@@ -89,12 +96,14 @@ $(addprefix molecule-,$(SCENARIOS)): molecule-%: engine
 	time $(BIN)/molecule test -s $*
 
 .PHONY: test
-# lint first (seconds, and it stops a broken change early); then the target tests,
-# the scenarios (longest first) and the Docker-free tests, $(JOBS) at a time; a
+# lint first (seconds, and it stops a broken change early); then the target tests
+# (the demo's and the cluster's: containers of their own), the scenarios (longest
+# first) and the Docker-free tests, $(JOBS) at a time; a
 # failed part does not stop the others (--keep-going), so one run shows every failure.
 test: lint ## Everything CI runs
 	$(MAKE) --no-print-directory --keep-going -j$(JOBS) --output-sync=target \
-		test-target $(addprefix molecule-,default multiapp tls $(filter-out default multiapp tls,$(SCENARIOS))) pytest
+		test-target test-cluster \
+		$(addprefix molecule-,default multiapp tls $(filter-out default multiapp tls,$(SCENARIOS))) pytest
 
 .PHONY: lock
 lock: ## Re-pin requirements.txt from requirements.in

@@ -16,9 +16,14 @@ the app role): this file only packages, uploads and calls it.
 A deploy runs in phases, each on every host at once, and stops before the next
 phase when any host fails: connect (and read what the host has), package on this
 machine (release archive; wheelhouse only when the requirements changed),
-upload and prepare, migrate once (apps with migrate_once), activate. So an
-unreachable host or a requirement without a wheel stops the deploy before any
-host switches.
+upload and prepare, migrate once (apps with migrate_once), then activate, batch
+by batch (--batch; one host at a time behind load balancers, every host at once
+without). So an unreachable host or a requirement without a wheel stops the
+deploy before any host switches. Behind load balancers (the inventory's group
+flaskstack_lb) each host of a batch leaves their pools and its requests finish
+before it switches, and comes back once it answers there (flaskstack-pool, the
+tool the deploy play uses too). A failed batch stops the rollout: its hosts go
+back to the releases they had (--rollback-all: every host that switched).
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ FAB_KEYS += ("migrate_once", "server_names", "shared_dirs", "shared_files")
 FAB_KEYS += ("static_dir", "static_url")
 DEFAULT_INVENTORY = os.environ.get("FLASKSTACK_INVENTORY", str(ROOT / "inventory" / "local"))
 GROUP = "flaskstack"
+# The load balancers in front of the app hosts, if the inventory has them.
+LB_GROUP = "flaskstack_lb"
+POOL_TOOL = model.POOL_TOOL
 
 INVENTORY_HELP = {
     "inventory": f"the Ansible inventory (default {DEFAULT_INVENTORY}, or $FLASKSTACK_INVENTORY)",
@@ -96,16 +104,24 @@ class Host:
     connection: Connection | None = None
     # The deploy lock's token once this run holds it: every tool command then shows it.
     lock_token: str = ""
+    # Behind load balancers: the most seconds to wait for a host's requests when it
+    # leaves the pools (app_drain_timeout; 0: flaskstack-pool's own default).
+    drain_timeout: int = 0
 
 
 _plugins_ready = False
 
 
 def load_inventory(
-    inventory: str, limit: str = "", vault_password_file: str = "", sources: dict | None = None
+    inventory: str,
+    limit: str = "",
+    vault_password_file: str = "",
+    sources: dict | None = None,
+    group: str = GROUP,
 ) -> list[Host]:
-    """The hosts of the group `flaskstack`, with their apps and connection settings
-    (sources: app name -> a source folder to push instead of its src, fab deploy --src).
+    """The hosts of the group `flaskstack` (or group: LB_GROUP, the load balancers), with
+    their apps and connection settings (sources: app name -> a source folder to push
+    instead of its src, fab deploy --src).
 
     Variables come from Ansible itself, as a play of the flaskstack role sees them
     (its defaults beneath the inventory's group_vars, host_vars and vault), and
@@ -142,7 +158,7 @@ def load_inventory(
     )
     names = [h.strip() for h in limit.split(",") if h.strip()]
     hosts = []
-    for host in manager.get_hosts(GROUP):
+    for host in manager.get_hosts(group) if group in manager.groups else []:
         if names and host.name not in names:
             continue
         hostvars = variables.get_vars(play=play, host=host)
@@ -197,9 +213,10 @@ def load_inventory(
                 cache_dir=Path(var("flaskstack_cache_dir")),
                 platforms=var("flaskstack_wheel_platforms", {}),
                 pip_args=list(var("flaskstack_pip_download_args", [])),
+                drain_timeout=int(var("app_drain_timeout", 0)),
             )
         )
-    if not hosts:
+    if not hosts and group == GROUP:
         raise DeployError(
             f"no host of the group {GROUP} in {inventory}" + (f" matches {limit}" if limit else "")
         )
@@ -343,6 +360,26 @@ def open_hosts(
     return hosts
 
 
+def open_load_balancers(inventory: str, vault_password_file: str) -> list[Host]:
+    """The inventory's load balancers (all of them, whatever --limit says), connected, each
+    asked what its pool is: a rolling deploy takes hosts out of every one."""
+    try:
+        lbs = load_inventory(inventory, "", vault_password_file, group=LB_GROUP)
+    except DeployError as exc:
+        raise Exit(f"fab: {exc}", code=2) from None
+
+    def open_one(lb: Host) -> None:
+        lb.connection = connect(lb)
+        lb.info = json.loads(
+            remote(lb, [POOL_TOOL, "status", "--json"], "the pool (is the load balancer provisioned?)")
+        )
+
+    errors = on_every_host(lbs, open_one, "connect to the load balancers") if lbs else []
+    if errors:
+        raise Exit("fab: " + "\n".join(errors), code=1)
+    return lbs
+
+
 @contextlib.contextmanager
 def deploy_lock(hosts: list[Host], app: str, holder: str):
     """Each selected app's deploy lock on every host, for the whole of this run (as `kamal
@@ -378,27 +415,43 @@ def deploy_lock(hosts: list[Host], app: str, holder: str):
         **INVENTORY_HELP,
         "src": "deploy this source folder instead of the app's src (needs --app)",
         "allow-older": "put back a release that served before the live one (else refused)",
+        "batch": "hosts switched at a time, count or percentage (default 1 behind load balancers, else all)",
+        "rollback-all": "when a batch fails, send every host that switched back, not that batch only",
     }
 )
 def deploy(
-    c, inventory=DEFAULT_INVENTORY, app="", limit="", src="", vault_password_file="", allow_older=False
+    c,
+    inventory=DEFAULT_INVENTORY,
+    app="",
+    limit="",
+    src="",
+    vault_password_file="",
+    allow_older=False,
+    batch="",
+    rollback_all=False,
 ):
     """Push each app's code to every host; health-gated, switched back by itself on failure.
 
     Phases, each on every host at once; a failure on any host stops the deploy
     before the next phase: connect, package (release archive; wheelhouse only if
     the requirements changed), upload and prepare, migrate once (migrate_once
-    apps, first host), activate (check, init, migrate, answer, switch, restart,
-    health; switched back on failure). Exits 1 with the host, app and reason.
+    apps, first host), then activate (check, init, migrate, answer, switch,
+    restart, health; switched back on failure) batch by batch, each host of a
+    batch out of the load balancers' pools meanwhile. A failed batch goes back to
+    the releases it had and stops the rollout. Exits 1 with the host, app and
+    reason, and what every host serves.
     """
     started = time.monotonic()
     if src and not app:
         raise Exit("fab: --src needs --app (which app the folder is)", code=2)
     if src and not Path(src).is_dir():
         raise Exit(f"fab: --src {src} is not a directory", code=2)
+    if batch and model.batch_error(batch):
+        raise Exit("fab: " + model.batch_error(batch).replace("flaskstack_batch", "--batch", 1), code=2)
     hosts = open_hosts(
         inventory, limit, vault_password_file, app, src=str(Path(src).resolve()) if src else ""
     )
+    lbs = open_load_balancers(inventory, vault_password_file)
     who = f"fab deploy by {getpass.getuser()}@{socket.gethostname()}"
 
     with deploy_lock(hosts, app, who):
@@ -475,25 +528,105 @@ def deploy(
                 except DeployError as exc:
                     raise Exit(f"fab deploy: {exc}\nstopped before any switch", code=1) from None
 
-        def activate(host: Host) -> None:
-            for a in selected(host, app):
-                p = plan[host.name, a["name"]]
-                argv = [TOOL, "activate", a["name"], p["release"].id, "--note", p["note"]]
-                argv += ["--allow-older"] if allow_older else []
-                say(host.name, f"{a['name']}: activate {p['release'].id}")
-                say(
-                    host.name,
-                    remote(host, argv + (["--skip-migrate"] if a["migrate_once"] else []), a["name"]),
-                )
-
-        errors = on_every_host(hosts, activate, "activate")
-        took = time.monotonic() - started
-        if errors:
-            raise Exit(
-                f"fab deploy: failed after {took:.2f}s "
-                "(see above: the failed hosts serve their previous release)"
+        size = batch or model.default_batch(bool(lbs))
+        rollout = model.batches(hosts, size)
+        if len(rollout) > 1:
+            print(
+                f"== rolling: {len(rollout)} batches of {model.batch_size(size, len(hosts))} (--batch {size})"
             )
-        print(f"fab deploy: done in {took:.2f}s", flush=True)
+        # Per host: the apps taken out of the pools, and those that switched, in this run.
+        taken_out: dict[str, list[str]] = {}
+        switched: dict[str, list[str]] = {}
+        done: list[Host] = []
+        for number, group in enumerate(rollout, 1):
+            title = f"batch {number}/{len(rollout)} ({', '.join(h.name for h in group)})"
+            title = title if len(rollout) > 1 else "activate"
+
+            def switch(host: Host) -> None:
+                names = [
+                    a["name"]
+                    for a in selected(host, app)
+                    if host.info["apps"][a["name"]]["live"] != plan[host.name, a["name"]]["release"].id
+                ]
+                pool(lbs, "out", host, names, who)
+                taken_out[host.name] = names
+                for a in selected(host, app):
+                    p = plan[host.name, a["name"]]
+                    argv = [TOOL, "activate", a["name"], p["release"].id, "--note", p["note"]]
+                    argv += ["--allow-older"] if allow_older else []
+                    argv += ["--skip-migrate"] if a["migrate_once"] else []
+                    say(host.name, f"{a['name']}: activate {p['release'].id}")
+                    out = remote(host, argv, a["name"])
+                    say(host.name, out)
+                    if "ACTIVATED" in out:
+                        switched.setdefault(host.name, []).append(a["name"])
+                pool(lbs, "in", host, names, who)
+
+            errors = on_every_host(group, switch, title)
+            if not errors:
+                done += group
+                continue
+            # A failed batch: its hosts go back (with --rollback-all, then those of the
+            # earlier batches, one at a time), then every host says what it serves.
+            took = time.monotonic() - started
+
+            def back(host: Host) -> None:
+                go_back(host, lbs, switched.get(host.name, []), taken_out.get(host.name, []), who)
+
+            on_every_host(group, back, "back: " + ", ".join(h.name for h in group))
+            for host in done if rollback_all else []:
+                on_every_host([host], back, f"back: {host.name}")
+            print(serving(hosts, app), flush=True)
+            kept = (
+                f"; {', '.join(h.name for h in done)} keep the new release"
+                if done and not rollback_all
+                else ""
+            )
+            raise Exit(
+                f"fab deploy: failed after {took:.2f}s in {title} (see above): the rollout stopped, "
+                + ("every host that switched went back" if rollback_all else "that batch went back")
+                + kept
+            )
+        print(f"fab deploy: done in {time.monotonic() - started:.2f}s", flush=True)
+
+
+def pool(lbs: list[Host], command: str, host: Host, apps: list[str], who: str) -> None:
+    """flaskstack-pool on every load balancer: take the host out of each app's pool (and let
+    its requests finish), or put it back in once it answers there (`in --check`)."""
+    if not lbs or not apps:
+        return
+    argv = [POOL_TOOL, command, host.name, *[f"--app={name}" for name in apps]]
+    argv += [f"--why={who}"] if command == "out" else ["--check"]
+    argv += [f"--timeout={host.drain_timeout}"] if command == "out" and host.drain_timeout else []
+    for lb in lbs:
+        say(lb.name, remote(lb, argv, f"{command} of the pool: {host.name}"))
+
+
+def go_back(host: Host, lbs: list[Host], switched: list[str], taken_out: list[str], who: str) -> None:
+    """Return the apps that switched on a host in this run to the release each had live
+    before it, as they came: out of the pools, rollback (health-gated), and every app taken
+    out of the pools back in once it answers there."""
+    names = [n for n in switched if host.info["apps"][n]["live"]]
+    pool(lbs, "out", host, names, who)
+    for name in names:
+        before = host.info["apps"][name]["live"]
+        argv = [TOOL, "rollback", name, before, "--note", f"{who}, rolling deploy stopped"]
+        say(host.name, remote(host, argv, f"{name}: back to {before}"))
+    pool(lbs, "in", host, sorted({*names, *taken_out}), who)
+
+
+def serving(hosts: list[Host], app: str) -> str:
+    """What every host serves now, from each host's own answer."""
+    lines = ["Now serving:"]
+    for host in hosts:
+        try:
+            apps = json.loads(remote(host, [TOOL, "info"], "info"))["apps"]
+            lines.append(
+                f"  {host.name}: " + ", ".join(f"{n} {apps[n]['live']}" for n in apps if not app or n == app)
+            )
+        except (DeployError, ValueError) as exc:
+            lines.append(f"  {host.name}: no answer ({exc})")
+    return "\n".join(lines)
 
 
 @task(help={**INVENTORY_HELP, "release": "the release id to go back to (default: the previous one)"})
@@ -528,11 +661,22 @@ def releases(c, inventory=DEFAULT_INVENTORY, app="", limit="", vault_password_fi
 
 @task(help=INVENTORY_HELP)
 def status(c, inventory=DEFAULT_INVENTORY, app="", limit="", vault_password_file=""):
-    """Show each app's live and previous release, service state and health on every host."""
+    """Show each app's live and previous release, service state and health on every host,
+    and, behind load balancers, whether each load balancer has it in the app's pool."""
     hosts = open_hosts(inventory, limit, vault_password_file, app)
+    lbs = open_load_balancers(inventory, vault_password_file)
     for host in hosts:
         for a in selected(host, app):
-            say(host.name, remote(host, [TOOL, "status", a["name"]], "status"))
+            text = remote(host, [TOOL, "status", a["name"]], "status")
+            for lb in lbs:
+                where = lb.info.get(a["name"], {}).get(host.name)
+                if where is None:
+                    text += f"pool     {lb.name}: not in its pool (run ansible-playbook site.yml)\n"
+                elif where["in_pool"]:
+                    text += f"pool     {lb.name}: in\n"
+                else:
+                    text += f"pool     {lb.name}: OUT since {where['since']} ({where['why']})\n"
+            say(host.name, text)
 
 
 @task(help={**INVENTORY_HELP, "force": "release the lock even though this run does not hold it"})

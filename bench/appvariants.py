@@ -63,3 +63,18 @@ def adds_requirement(requirement: str) -> Callable[[Path], None]:
             requirements.write(requirement + "\n")
 
     return change
+
+
+def breaks_on_host(name: str) -> Callable[[Path], None]:
+    """A change after which /healthz answers 503 on the host called name only (a release
+    that one host of a cluster refuses: its own gates stop it there, before the switch)."""
+
+    def change(src: Path) -> None:
+        init = src / "hello" / "__init__.py"
+        init.write_text(
+            init.read_text().replace(
+                "200 if healthy else 503", f"503 if socket.gethostname() == {name!r} else 200"
+            )
+        )
+
+    return change

@@ -46,12 +46,12 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
 
 
-def serving_again(timeout: float) -> float:
-    """Seconds until the demo answers its health path again."""
+def serving_again(timeout: float, release=live_release) -> float:
+    """Seconds until the target answers its health path again (release: how to ask it)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         try:
-            live_release()
+            release()
             break
         except (OSError, ValueError, http.client.HTTPException):
             time.sleep(0.2)
@@ -59,20 +59,34 @@ def serving_again(timeout: float) -> float:
 
 
 def scenario(
-    name: str, argv: list[str], load_args: dict, expect_ok: bool, settle: float, may_fail: int | None = 0
+    name: str,
+    argv: list[str],
+    load_args: dict,
+    expect_ok: bool,
+    settle: float,
+    may_fail: int | None = 0,
+    release=live_release,
 ) -> dict:
-    """One command under load. may_fail: the failed requests allowed (None: counted only)."""
-    before = live_release()
+    """One command under load. may_fail: the failed requests allowed (None: counted only);
+    release: what serves (before and after; the demo's live release unless given)."""
+    before = release()
     load = Load(**load_args).start()
     time.sleep(settle)
     started = time.monotonic()
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=MAX_SECONDS, check=False)
-    took = time.monotonic() - started + serving_again(MAX_SECONDS)
+    took = time.monotonic() - started + serving_again(MAX_SECONDS, release)
     time.sleep(settle)
     load.stop()
-    after = live_release()
+    after = release()
     output = (result.stdout + result.stderr).strip().splitlines()
-    reason = next((line for line in output if "does not" in line or "health check through" in line), "")
+    reason = next(
+        (
+            line
+            for line in output
+            if any(x in line for x in ("does not", "health check through", "rollout stopped"))
+        ),
+        "",
+    )
     row = {
         "scenario": name,
         "sent": load.sent,
@@ -95,6 +109,27 @@ def scenario(
     if result.returncode != 0 and expect_ok:
         print("\n".join(output[-30:]), file=sys.stderr)
     return row
+
+
+def report(rows: list[dict]) -> None:
+    """The table of scenarios, then what each left serving."""
+    print()
+    columns = ("sent", "failed", "retried", "p50 ms", "p99 ms", "max ms", "wall s")
+    header = f"{'scenario':<44} " + " ".join(f"{c:>7}" for c in columns) + " exit"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['scenario']:<44} {r['sent']:>7} {r['failed']:>7} {r['retried']:>7} "
+            f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['max_ms']:>7.1f} {r['wall_s']:>7.2f} "
+            f"{r['exit']:>4}  {'ok' if r['ok'] else 'MISSED'}"
+        )
+    print()
+    for r in rows:
+        serving = "unchanged" if r["after"] == r["before"] else f"{r['before']} -> {r['after']}"
+        extra = f"; reason: {r['reason']}" if r["exit"] else ""
+        errors = f"; errors: {r['failures']}" if r["failures"] else ""
+        print(f"{r['scenario']}: serving {serving}{extra}{errors}")
 
 
 def main() -> int:
@@ -155,23 +190,7 @@ def main() -> int:
         [playbook, "site.yml", "-i", "inventory/local", *BACK], cwd=ROOT, check=True, capture_output=True
     )
 
-    print()
-    columns = ("sent", "failed", "retried", "p50 ms", "p99 ms", "max ms", "wall s")
-    header = f"{'scenario':<44} " + " ".join(f"{c:>7}" for c in columns) + " exit"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['scenario']:<44} {r['sent']:>7} {r['failed']:>7} {r['retried']:>7} "
-            f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['max_ms']:>7.1f} {r['wall_s']:>7.2f} "
-            f"{r['exit']:>4}  {'ok' if r['ok'] else 'MISSED'}"
-        )
-    print()
-    for r in rows:
-        serving = "unchanged" if r["after"] == r["before"] else f"{r['before']} -> {r['after']}"
-        extra = f"; reason: {r['reason']}" if r["exit"] else ""
-        errors = f"; errors: {r['failures']}" if r["failures"] else ""
-        print(f"{r['scenario']}: serving {serving}{extra}{errors}")
+    report(rows)
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -28,6 +28,9 @@ from flaskstack.release import NAME_RE, PROJECT_WHEEL_DIR, RELEASE_SETTINGS, REV
 # templates/usr/local/sbin/flaskstack-release.j2 that names the config folder.
 TOOL = "/usr/local/sbin/flaskstack-release"
 TOOL_MODULE = "/usr/local/lib/flaskstack/flaskstack_release.py"
+# A load balancer's pool tool (flaskstack/pool.py), the same way: module and wrapper.
+POOL_TOOL = "/usr/local/sbin/flaskstack-pool"
+POOL_TOOL_MODULE = "/usr/local/lib/flaskstack/flaskstack_pool.py"
 
 # The keys an app never carries into a fact, a template variable or -v output:
 # only the task that writes them reads them, from flaskstack_apps.
@@ -76,7 +79,48 @@ class Layout:
             "tool_module": TOOL_MODULE,
             # On the control node: the module that becomes tool_module.
             "tool_source": str(Path(__file__).with_name("release.py")),
+            "pool_tool": POOL_TOOL,
+            "pool_tool_module": POOL_TOOL_MODULE,
+            "pool_tool_source": str(Path(__file__).with_name("pool.py")),
+            # The pool's settings (the nginx role's) and which hosts are out (the tool's).
+            "pool_settings": f"{self.config_dir}/pool.json",
+            "pool_state": "/var/lib/flaskstack/pool.json",
         }
+
+
+# A rolling deploy's batch: a count of hosts or a percentage of them (Ansible's `serial`).
+BATCH_RE = re.compile(r"^([1-9][0-9]*)(%?)$")
+
+
+def batch_error(batch) -> str:
+    """Why a batch (flaskstack_batch, fab deploy --batch) is not one, or ""."""
+    match = None if isinstance(batch, bool) else BATCH_RE.match(str(batch))
+    if not match or (match.group(2) and int(match.group(1)) > 100):
+        return (
+            f"flaskstack_batch is {_json(batch)}: it must be a number of hosts (1, 2, ...) or a "
+            "percentage of them from 1% to 100%, how many hosts switch at a time"
+        )
+    return ""
+
+
+def batch_size(batch, count: int) -> int:
+    """How many of count hosts switch at a time, as Ansible's `serial` counts them: a
+    percentage rounds down, to one host at least."""
+    number, percent = BATCH_RE.match(str(batch)).groups()
+    size = int(number) * count // 100 if percent else int(number)
+    return max(1, min(size, count))
+
+
+def batches(hosts: list, batch) -> list[list]:
+    """The hosts in the order they switch, batch by batch."""
+    size = batch_size(batch, len(hosts))
+    return [hosts[i : i + size] for i in range(0, len(hosts), size)]
+
+
+def default_batch(load_balanced: bool) -> str:
+    """Behind load balancers one host at a time (the others serve); alone, every host at
+    once (as a deploy always was: each host's own switch is graceful)."""
+    return "1" if load_balanced else "100%"
 
 
 def merge(defaults: dict, app: dict) -> dict:

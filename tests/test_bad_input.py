@@ -213,6 +213,11 @@ CASES = {
         {"flaskstack_apps": [app(worker_class="eventlet")]},
         r"worker_class.*eventlet|eventlet.*worker_class",
     ),
+    "a rolling deploy's batch that is no count of hosts": (
+        {"flaskstack_apps": [app()], "flaskstack_batch": "150%"},
+        r"flaskstack_batch is \"150%\": it must be a number of hosts \(1, 2, ...\) or a percentage "
+        r"of them from 1% to 100%",
+    ),
 }
 
 

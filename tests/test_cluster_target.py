@@ -15,10 +15,13 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
+from bench.appvariants import breaks_on_host, variant
 from bench.traffic import Load
 from tests.targets import on_target, run
 
@@ -27,8 +30,12 @@ BIN = Path(sys.executable).parent
 HTTPS, HTTP = 8493, 8090
 APP_HOSTS = ("app1", "app2", "app3")
 CONTAINERS = ("flaskstack-lb", *(f"flaskstack-{name}" for name in APP_HOSTS))
+INVENTORY = "inventory/cluster"
+# Release ids are content hashes: a label of this run's own makes every variant a new release.
+RUN = uuid.uuid4().hex[:8]
 
-pytestmark = pytest.mark.target
+# A target test, run on its own (make test-cluster) beside the demo's (make test-target).
+pytestmark = [pytest.mark.target, pytest.mark.cluster]
 
 
 def get(path: str = "/healthz", port: int = HTTPS) -> tuple[int, dict, bytes]:
@@ -51,8 +58,38 @@ def hosts_answering(n: int = 30) -> set[str]:
     return {json.loads(get()[2])["host"] for _ in range(n)}
 
 
+def releases_seen(n: int = 30) -> dict[str, str]:
+    """Which release each app host serves, as seen through the load balancer."""
+    seen = {}
+    for _ in range(n):
+        body = json.loads(get()[2])
+        seen[body["host"]] = body["release"]
+    return seen
+
+
+def serving() -> dict[str, str]:
+    """Which release each app host has live, asked of each host (in the pool or not)."""
+    found = {}
+    for number, name in enumerate(APP_HOSTS, 1):
+        info = on_target("flaskstack-release info", port=2240 + number).stdout
+        found[name] = json.loads(info)["apps"]["hello"]["live"]
+    return found
+
+
+def fab(*args: str) -> subprocess.CompletedProcess:
+    return run(str(BIN / "fab"), *args)
+
+
+def released(output: str) -> str:
+    return re.search(r"== package: \S+  hello ([0-9a-f]{12})", output).group(1)
+
+
+def pool_status() -> dict:
+    return json.loads(on_target("flaskstack-pool status --json", port=2240).stdout)["hello"]
+
+
 @pytest.fixture(scope="module")
-def cluster(demo_target):
+def cluster():
     made = run("make", "cluster")
     assert made.returncode == 0, made.output[-4000:]
     yield made.output
@@ -118,3 +155,111 @@ def test_a_second_run_changes_nothing(cluster):
     for host in ("lb", *APP_HOSTS):
         assert re.search(rf"{host}\s*:\s*ok=\d+\s+changed=0", again.output), again.output[-3000:]
     assert on_target("test ! -e /srv/hello", port=2240, check=False).returncode == 0  # the LB runs no app
+
+
+def test_fab_status_shows_each_app_host_in_the_pool(cluster):
+    result = fab("status", "-i", INVENTORY)
+    assert result.returncode == 0, result.output
+    for name in APP_HOSTS:
+        assert f"[{name}] pool     lb: in" in result.stdout
+
+
+def test_a_rolling_fab_deploy_under_load_costs_no_request(cluster, tmp_path):
+    """One host at a time (the default behind a load balancer): each leaves the pool, its
+    requests finish, it switches, answers through the load balancer's path, and comes back."""
+    before = serving()
+    load = Load(clients=4, rate=10, path="/healthz", port=HTTPS, tls=True).start()
+    result = fab("deploy", "-i", INVENTORY, "--app", "hello", "--src", str(variant(tmp_path, f"roll-{RUN}")))
+    load.stop()
+    assert result.returncode == 0, result.output
+    new = released(result.stdout)
+    assert serving() == dict.fromkeys(APP_HOSTS, new) != before
+    assert releases_seen() == dict.fromkeys(APP_HOSTS, new)
+    out = result.stdout
+    # In order, one host per batch, each out of the pool and back.
+    batches = [out.index(f"== batch {n}/3 ({name})") for n, name in enumerate(APP_HOSTS, 1)]
+    assert batches == sorted(batches), out
+    for name in APP_HOSTS:
+        assert f"[lb] {name}: out of the pool of hello" in out and f"[lb] {name}: in the pool of hello" in out
+    assert out.count("drained in") == 3
+    assert all(s["in_pool"] for s in pool_status().values())
+    assert load.sent > 50 and load.failures == [], load.failures
+
+
+def test_a_batch_that_fails_stops_the_rollout_and_goes_back(cluster, tmp_path):
+    """A release app2 refuses: app1 (batch 1) keeps it, app2 goes back (it never switched:
+    its own gates stopped it), app3 is never touched; every host is in the pool again.
+    With --rollback-all, app1 goes back too."""
+    before = serving()
+    src = variant(tmp_path, f"no-app2-{RUN}", breaks_on_host("app2"))
+    load = Load(clients=4, rate=10, path="/healthz", port=HTTPS, tls=True).start()
+    result = fab("deploy", "-i", INVENTORY, "--app", "hello", "--src", str(src))
+    load.stop()
+    assert result.returncode == 1, result.output
+    new = released(result.stdout)
+    assert (
+        "in batch 2/3 (app2)" in result.output
+        and "the rollout stopped, that batch went back" in result.output
+    )
+    assert "app1 keep the new release" in result.output
+    assert serving() == {"app1": new, "app2": before["app2"], "app3": before["app3"]}
+    assert "== batch 3/3" not in result.stdout
+    assert f"  app1: hello {new}" in result.stdout and f"  app3: hello {before['app3']}" in result.stdout
+    assert all(s["in_pool"] for s in pool_status().values())
+    assert load.failures == [], load.failures
+
+    again = fab("deploy", "-i", INVENTORY, "--app", "hello", "--src", str(src), "--rollback-all")
+    assert again.returncode == 1, again.output
+    assert "every host that switched went back" in again.output
+    assert serving() == {"app1": before["app1"], "app2": before["app2"], "app3": before["app3"]}
+    assert all(s["in_pool"] for s in pool_status().values())
+
+
+def test_a_batch_that_is_no_count_is_refused_before_anything(cluster):
+    result = fab("deploy", "-i", INVENTORY, "--batch", "0")
+    assert result.returncode == 2
+    assert 'fab: --batch is "0": it must be a number of hosts' in result.output
+    assert "== connect" not in result.output
+
+
+def cluster_vars(tmp_path, src: Path) -> Path:
+    """The cluster's group_vars with the app's src replaced, as an -e @file."""
+    settings = yaml.safe_load((ROOT / INVENTORY / "group_vars" / "all.yml").read_text())
+    settings["flaskstack_apps"][0]["src"] = str(src)
+    path = tmp_path / "apps.yml"
+    path.write_text(yaml.safe_dump({"flaskstack_apps": settings["flaskstack_apps"]}))
+    return path
+
+
+def test_a_rolling_ansible_deploy_under_load_costs_no_request(cluster, tmp_path):
+    """ansible-playbook switches one host at a time too (the deploy play's serial), through
+    the same steps: out of the pool, activate, health, back in once it answers there."""
+    extra = cluster_vars(tmp_path, variant(tmp_path, f"ansible-roll-{RUN}"))
+    load = Load(clients=4, rate=10, path="/healthz", port=HTTPS, tls=True).start()
+    result = run(str(BIN / "ansible-playbook"), "playbooks/deploy.yml", "-i", INVENTORY, "-e", f"@{extra}")
+    load.stop()
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.output.count("PLAY [Deploy | Put each app's release live, batch by batch]") == 3
+    live = serving()
+    assert len(set(live.values())) == 1 and releases_seen() == live
+    assert all(s["in_pool"] for s in pool_status().values())
+    assert load.sent > 50 and load.failures == [], load.failures
+
+
+def test_a_failed_ansible_batch_stops_the_rollout_and_says_what_each_host_serves(cluster, tmp_path):
+    before = serving()
+    extra = cluster_vars(tmp_path, variant(tmp_path, f"ansible-no-app2-{RUN}", breaks_on_host("app2")))
+    result = run(str(BIN / "ansible-playbook"), "playbooks/deploy.yml", "-i", INVENTORY, "-e", f"@{extra}")
+    assert result.returncode == 2, result.output[-4000:]
+    now = serving()
+    assert now["app2"] == before["app2"] and now["app3"] == before["app3"] and now["app1"] != before["app1"]
+    assert "Rolling deploy stopped: app2 failed" in result.output
+    assert f"app1: hello {now['app1']}" in result.output and f"app3: hello {before['app3']}" in result.output
+    assert all(s["in_pool"] for s in pool_status().values())
+    # Every lock was released: the next deploy goes ahead.
+    assert (
+        fab(
+            "deploy", "-i", INVENTORY, "--app", "hello", "--src", str(variant(tmp_path, f"after-{RUN}"))
+        ).returncode
+        == 0
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -127,13 +128,36 @@ def test_roles_hold_no_template_and_every_template_is_used():
     assert all(f"`{name}`" in listed for name in shipped)
 
 
-def test_the_release_tool_runs_on_the_oldest_supported_host_python():
-    """flaskstack/release.py runs on the target's system Python: Debian 11 has 3.9."""
+@pytest.mark.parametrize("tool", ["release.py", "pool.py"])
+def test_the_host_tools_run_on_the_oldest_supported_host_python(tool):
+    """flaskstack/release.py and pool.py run on the target's system Python: Debian 11 has 3.9."""
     import ast
 
-    source = (ROOT / "flaskstack" / "release.py").read_text()
+    source = (ROOT / "flaskstack" / tool).read_text()
     ast.parse(source, feature_version=(3, 9))
     assert "match " not in source and "datetime.UTC" not in source
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, "1", "2", "25%", "34%", "50%", "99%", "100%", 10])
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7])
+def test_fab_batches_hosts_as_ansibles_serial_does(batch, count):
+    """fab deploy --batch and the deploy play's serial (flaskstack_batch) switch the same hosts together."""
+    from ansible.utils.helpers import pct_to_int
+
+    hosts, left = [f"app{i}" for i in range(count)], [f"app{i}" for i in range(count)]
+    serial = []  # Ansible's PlaybookExecutor._get_serialized_batches, for one serial value
+    while left:
+        size = pct_to_int(batch, count)
+        serial.append(left[:size])
+        left = left[size:]
+    assert model.batch_error(batch) == ""
+    assert model.batches(hosts, batch) == serial
+
+
+@pytest.mark.parametrize("batch", [0, "0", "0%", "101%", "150%", "-1", "x", "1.5", "", True, "10 %"])
+def test_a_batch_that_is_no_count_or_percentage_is_named(batch):
+    message = model.batch_error(batch)
+    assert message.startswith(f"flaskstack_batch is {json.dumps(batch)}: it must be a number")
 
 
 def test_fab_checks_what_a_code_push_reads():

@@ -35,10 +35,16 @@ def git_note(src):
     return packaging.git_note(Path(str(src)).resolve())
 
 
+def batch_error(batch):
+    """Why flaskstack_batch is not a batch (a count or a percentage of hosts), or ""."""
+    return model.batch_error(batch)
+
+
 class FilterModule:
     def filters(self):
         return {
             "flaskstack_app_errors": app_errors,
+            "flaskstack_batch_error": batch_error,
             "flaskstack_git_note": git_note,
             "flaskstack_host": host,
             "flaskstack_python_settings": python_settings,
