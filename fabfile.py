@@ -534,8 +534,7 @@ def deploy(
             print(
                 f"== rolling: {len(rollout)} batches of {model.batch_size(size, len(hosts))} (--batch {size})"
             )
-        # Per host: the apps taken out of the pools, and those that switched, in this run.
-        taken_out: dict[str, list[str]] = {}
+        # Per host: the apps that switched in this run.
         switched: dict[str, list[str]] = {}
         done: list[Host] = []
         for number, group in enumerate(rollout, 1):
@@ -549,7 +548,6 @@ def deploy(
                     if host.info["apps"][a["name"]]["live"] != plan[host.name, a["name"]]["release"].id
                 ]
                 pool(lbs, "out", host, names, who)
-                taken_out[host.name] = names
                 for a in selected(host, app):
                     p = plan[host.name, a["name"]]
                     argv = [TOOL, "activate", a["name"], p["release"].id, "--note", p["note"]]
@@ -560,7 +558,8 @@ def deploy(
                     say(host.name, out)
                     if "ACTIVATED" in out:
                         switched.setdefault(host.name, []).append(a["name"])
-                pool(lbs, "in", host, names, who)
+                # Every app: one that a killed deploy left out comes back with this one.
+                pool(lbs, "in", host, [a["name"] for a in selected(host, app)], who)
 
             errors = on_every_host(group, switch, title)
             if not errors:
@@ -571,7 +570,7 @@ def deploy(
             took = time.monotonic() - started
 
             def back(host: Host) -> None:
-                go_back(host, lbs, switched.get(host.name, []), taken_out.get(host.name, []), who)
+                go_back(host, lbs, switched.get(host.name, []), [a["name"] for a in selected(host, app)], who)
 
             on_every_host(group, back, "back: " + ", ".join(h.name for h in group))
             for host in done if rollback_all else []:
@@ -602,17 +601,17 @@ def pool(lbs: list[Host], command: str, host: Host, apps: list[str], who: str) -
         say(lb.name, remote(lb, argv, f"{command} of the pool: {host.name}"))
 
 
-def go_back(host: Host, lbs: list[Host], switched: list[str], taken_out: list[str], who: str) -> None:
+def go_back(host: Host, lbs: list[Host], switched: list[str], apps: list[str], who: str) -> None:
     """Return the apps that switched on a host in this run to the release each had live
-    before it, as they came: out of the pools, rollback (health-gated), and every app taken
-    out of the pools back in once it answers there."""
+    before it, as they came: out of the pools, rollback (health-gated), and every app of the
+    run back in the pools once it answers there."""
     names = [n for n in switched if host.info["apps"][n]["live"]]
     pool(lbs, "out", host, names, who)
     for name in names:
         before = host.info["apps"][name]["live"]
         argv = [TOOL, "rollback", name, before, "--note", f"{who}, rolling deploy stopped"]
         say(host.name, remote(host, argv, f"{name}: back to {before}"))
-    pool(lbs, "in", host, sorted({*names, *taken_out}), who)
+    pool(lbs, "in", host, apps, who)
 
 
 def serving(hosts: list[Host], app: str) -> str:

@@ -23,9 +23,10 @@ out: the hosts get nginx's `down` flag (a host that would leave an app with no h
 its pool stays in, and the tool says so: its own restart is graceful), `nginx -t`, a
 reload, then a wait until every nginx worker that had the old configuration has exited,
 that is until every request it carried has finished (bounded by --timeout; long-lived
-WebSockets are the usual reason to hit it). in: the flag goes, `nginx -t`, a reload;
-with --check only for the hosts that answer each app's health path as this load balancer
-reaches them (the others stay out, and it exits 1).
+WebSockets are the usual reason to hit it). in: the flag goes, `nginx -t`, a reload
+(none when every host named is in already); with --check only for the hosts that answer
+each app's health path as this load balancer reaches them (the others stay out, and it
+exits 1).
 A failed `nginx -t` puts the previous files and state back and exits 1.
 
 Only the Python standard library: it runs on the host's system Python.
@@ -290,14 +291,18 @@ def cmd_in(pool: Pool, args) -> int:
     for app in apps:
         pool.check_hosts(app, args.hosts)
         for host in args.hosts:
+            if not pool.is_out(app, host):
+                print(f"{host}: already in the pool of {app}")
+                continue
             ok, said = health(pool, app, host, args.timeout) if args.check else (True, "")
             if said:
                 print(said)
             (back if ok else left).append((app, host))
-    with pool.changing():
-        for app, host in back:
-            pool.out.get(app, {}).pop(host, None)
-    reload_nginx()
+    if back:
+        with pool.changing():
+            for app, host in back:
+                pool.out.get(app, {}).pop(host, None)
+        reload_nginx()
     for app, host in back:
         print(f"{host}: in the pool of {app}")
     for app, host in left:

@@ -88,13 +88,19 @@ def pool_status() -> dict:
     return json.loads(on_target("flaskstack-pool status --json", port=2240).stdout)["hello"]
 
 
+def remove_cluster() -> None:
+    subprocess.run(["docker", "rm", "-f", *CONTAINERS], capture_output=True, check=False)
+    subprocess.run(["docker", "network", "rm", "flaskstack-cluster"], capture_output=True, check=False)
+
+
 @pytest.fixture(scope="module")
 def cluster():
+    """`make cluster` on fresh hosts (whatever an earlier run left), removed at the end."""
+    remove_cluster()
     made = run("make", "cluster")
     assert made.returncode == 0, made.output[-4000:]
     yield made.output
-    subprocess.run(["docker", "rm", "-f", *CONTAINERS], capture_output=True, check=False)
-    subprocess.run(["docker", "network", "rm", "flaskstack-cluster"], capture_output=True, check=False)
+    remove_cluster()
 
 
 def test_make_cluster_prints_the_load_balancers_url(cluster):
@@ -208,10 +214,13 @@ def test_a_batch_that_fails_stops_the_rollout_and_goes_back(cluster, tmp_path):
     assert all(s["in_pool"] for s in pool_status().values())
     assert load.failures == [], load.failures
 
+    # Another such release, --rollback-all: app1 switches to it, then goes back to what it had.
+    src = variant(tmp_path, f"no-app2-again-{RUN}", breaks_on_host("app2"))
     again = fab("deploy", "-i", INVENTORY, "--app", "hello", "--src", str(src), "--rollback-all")
     assert again.returncode == 1, again.output
+    assert f"[app1] hello: ACTIVATED {released(again.stdout)}" in again.stdout
     assert "every host that switched went back" in again.output
-    assert serving() == {"app1": before["app1"], "app2": before["app2"], "app3": before["app3"]}
+    assert serving() == {"app1": new, "app2": before["app2"], "app3": before["app3"]}
     assert all(s["in_pool"] for s in pool_status().values())
 
 
@@ -255,6 +264,16 @@ def test_a_failed_ansible_batch_stops_the_rollout_and_says_what_each_host_serves
     assert now["app2"] == before["app2"] and now["app3"] == before["app3"] and now["app1"] != before["app1"]
     assert "Rolling deploy stopped: app2 failed" in result.output
     assert f"app1: hello {now['app1']}" in result.output and f"app3: hello {before['app3']}" in result.output
+    assert all(s["in_pool"] for s in pool_status().values())
+    # Another such release with app_rollback_all: app1 switches to it, then goes back.
+    extra = cluster_vars(tmp_path, variant(tmp_path, f"ansible-no-app2-all-{RUN}", breaks_on_host("app2")))
+    result = run(
+        str(BIN / "ansible-playbook"), "playbooks/deploy.yml", "-i", INVENTORY, "-e", f"@{extra}",
+        "-e", "app_rollback_all=true",
+    )  # fmt: skip
+    assert result.returncode == 2, result.output[-4000:]
+    assert "every host that switched went back" in result.output
+    assert serving() == now
     assert all(s["in_pool"] for s in pool_status().values())
     # Every lock was released: the next deploy goes ahead.
     assert (

@@ -146,6 +146,11 @@ def test_out_marks_a_host_down_in_each_app_and_in_puts_it_back(lb):
     assert "app2: hello: GET /healthz via" in back.stdout and "-> 200" in back.stdout
     assert not any(" down;" in line for app in ("hello", "shop") for line in lb.lines(app))
     assert lb.status()["shop"]["app2"] == {"in_pool": True}
+    # A host in the pool already: nothing to do, no reload (a deploy asks for every host).
+    reloads = lb.calls.read_text().count("systemctl reload")
+    again = lb.run("in", "app2", "--check")
+    assert again.returncode == 0 and "app2: already in the pool of hello" in again.stdout
+    assert lb.calls.read_text().count("systemctl reload") == reloads
 
 
 def test_only_the_named_app_changes(lb):
