@@ -155,6 +155,13 @@ def test_an_app_host_stopped_and_started_under_load_costs_no_request(cluster):
     assert load.sent > 100 and load.failures == [], load.failures
 
 
+def test_check_mode_on_the_provisioned_cluster_passes(cluster):
+    check = run(str(BIN / "ansible-playbook"), "site.yml", "-i", INVENTORY, "--check", "--diff")
+    assert check.returncode == 0, check.output[-3000:]
+    for host in ("lb", *APP_HOSTS):
+        assert re.search(rf"{host}\s*:\s*ok=\d+\s+changed=0", check.output), check.output[-3000:]
+
+
 def test_a_second_run_changes_nothing(cluster):
     again = run(str(BIN / "ansible-playbook"), "site.yml", "-i", "inventory/cluster")
     assert again.returncode == 0, again.output[-3000:]
@@ -282,3 +289,33 @@ def test_a_failed_ansible_batch_stops_the_rollout_and_says_what_each_host_serves
         ).returncode
         == 0
     )
+
+
+def test_a_rolling_deploy_whose_client_is_killed_is_finished_by_the_next(cluster, tmp_path):
+    """fab killed while app2 is out of the pool: app2 stays out (the others serve), the lock
+    says who held it; `fab unlock --force`, then the same deploy again: every host on the
+    release and in the pool. No request fails meanwhile."""
+    src = str(variant(tmp_path, f"killed-{RUN}"))
+    load = Load(clients=4, rate=10, path="/healthz", port=HTTPS, tls=True).start()
+    deploy = subprocess.Popen(
+        [str(BIN / "fab"), "deploy", "-i", INVENTORY, "--app", "hello", "--src", src],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen = []
+    for line in deploy.stdout:
+        seen.append(line)
+        if line.startswith("[lb] app2: out of the pool of hello"):
+            deploy.kill()
+            break
+    deploy.wait(timeout=60)
+    assert any(line.startswith("[lb] app2: out of the pool") for line in seen), "".join(seen)
+    assert pool_status()["app2"]["in_pool"] is False
+    assert hosts_answering(12) <= {"app1", "app3"}
+    assert fab("unlock", "-i", INVENTORY, "--force").returncode == 0
+    again = fab("deploy", "-i", INVENTORY, "--app", "hello", "--src", src)
+    load.stop()
+    assert again.returncode == 0, again.output
+    assert "[lb] app2: in the pool of hello" in again.stdout
+    assert all(s["in_pool"] for s in pool_status().values())
+    assert len(set(serving().values())) == 1
+    assert load.failures == [], load.failures
