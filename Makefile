@@ -103,7 +103,7 @@ $(addprefix molecule-,$(SCENARIOS)): molecule-%: engine
 test: lint ## Everything CI runs
 	$(MAKE) --no-print-directory --keep-going -j$(JOBS) --output-sync=target \
 		test-target test-cluster \
-		$(addprefix molecule-,default multiapp tls $(filter-out default multiapp tls,$(SCENARIOS))) pytest
+		$(addprefix molecule-,default cluster multiapp tls $(filter-out default cluster multiapp tls,$(SCENARIOS))) pytest
 
 .PHONY: lock
 lock: ## Re-pin requirements.txt from requirements.in
