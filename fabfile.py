@@ -105,8 +105,12 @@ class Host:
     # The deploy lock's token once this run holds it: every tool command then shows it.
     lock_token: str = ""
     # Behind load balancers: the most seconds to wait for a host's requests when it
-    # leaves the pools (app_drain_timeout; 0: flaskstack-pool's own default).
-    drain_timeout: int = 0
+    # leaves the pools (app_drain_timeout; None: flaskstack-pool's own default).
+    drain_timeout: int | None = None
+    # The inventory's rolling deploy settings, as the deploy play reads them:
+    # flaskstack_batch ("" if unset) and app_rollback_all.
+    batch: str = ""
+    rollback_all: bool = False
 
 
 _plugins_ready = False
@@ -213,7 +217,9 @@ def load_inventory(
                 cache_dir=Path(var("flaskstack_cache_dir")),
                 platforms=var("flaskstack_wheel_platforms", {}),
                 pip_args=list(var("flaskstack_pip_download_args", [])),
-                drain_timeout=int(var("app_drain_timeout", 0)),
+                drain_timeout=None if var("app_drain_timeout") is None else int(var("app_drain_timeout")),
+                batch=str(var("flaskstack_batch", "")),
+                rollback_all=str(var("app_rollback_all", False)).lower() in ("true", "yes", "1"),
             )
         )
     if not hosts and group == GROUP:
@@ -360,9 +366,10 @@ def open_hosts(
     return hosts
 
 
-def open_load_balancers(inventory: str, vault_password_file: str) -> list[Host]:
+def open_load_balancers(inventory: str, vault_password_file: str, required: bool = True) -> list[Host]:
     """The inventory's load balancers (all of them, whatever --limit says), connected, each
-    asked what its pool is: a rolling deploy takes hosts out of every one."""
+    asked what its pool is: a rolling deploy takes hosts out of every one. Not required
+    (fab status): one that cannot be asked is left out, and said so."""
     try:
         lbs = load_inventory(inventory, "", vault_password_file, group=LB_GROUP)
     except DeployError as exc:
@@ -375,9 +382,9 @@ def open_load_balancers(inventory: str, vault_password_file: str) -> list[Host]:
         )
 
     errors = on_every_host(lbs, open_one, "connect to the load balancers") if lbs else []
-    if errors:
+    if errors and required:
         raise Exit("fab: " + "\n".join(errors), code=1)
-    return lbs
+    return [lb for lb in lbs if lb.info]
 
 
 @contextlib.contextmanager
@@ -528,7 +535,11 @@ def deploy(
                 except DeployError as exc:
                     raise Exit(f"fab deploy: {exc}\nstopped before any switch", code=1) from None
 
-        size = batch or model.default_batch(bool(lbs))
+        # --batch, else the inventory's flaskstack_batch (as the deploy play reads it).
+        size = batch or hosts[0].batch or model.default_batch(bool(lbs))
+        if model.batch_error(size):
+            raise Exit(f"fab: {model.batch_error(size)}", code=2)
+        rollback_all = rollback_all or hosts[0].rollback_all
         rollout = model.batches(hosts, size)
         if len(rollout) > 1:
             print(
@@ -572,9 +583,9 @@ def deploy(
             def back(host: Host) -> None:
                 go_back(host, lbs, switched.get(host.name, []), [a["name"] for a in selected(host, app)], who)
 
-            on_every_host(group, back, "back: " + ", ".join(h.name for h in group))
+            failed_back = on_every_host(group, back, "back: " + ", ".join(h.name for h in group))
             for host in done if rollback_all else []:
-                on_every_host([host], back, f"back: {host.name}")
+                failed_back += on_every_host([host], back, f"back: {host.name}")
             print(serving(hosts, app), flush=True)
             kept = (
                 f"; {', '.join(h.name for h in done)} keep the new release"
@@ -583,8 +594,13 @@ def deploy(
             )
             raise Exit(
                 f"fab deploy: failed after {took:.2f}s in {title} (see above): the rollout stopped, "
-                + ("every host that switched went back" if rollback_all else "that batch went back")
+                + ("every host that switched was sent back" if rollback_all else "that batch was sent back")
                 + kept
+                + (
+                    f"; going back FAILED on {len(failed_back)} host(s): see 'Now serving'"
+                    if failed_back
+                    else ""
+                )
             )
         print(f"fab deploy: done in {time.monotonic() - started:.2f}s", flush=True)
 
@@ -596,7 +612,7 @@ def pool(lbs: list[Host], command: str, host: Host, apps: list[str], who: str) -
         return
     argv = [POOL_TOOL, command, host.name, *[f"--app={name}" for name in apps]]
     argv += [f"--why={who}"] if command == "out" else ["--check"]
-    argv += [f"--timeout={host.drain_timeout}"] if command == "out" and host.drain_timeout else []
+    argv += [f"--timeout={host.drain_timeout}"] if command == "out" and host.drain_timeout is not None else []
     for lb in lbs:
         say(lb.name, remote(lb, argv, f"{command} of the pool: {host.name}"))
 
@@ -663,7 +679,7 @@ def status(c, inventory=DEFAULT_INVENTORY, app="", limit="", vault_password_file
     """Show each app's live and previous release, service state and health on every host,
     and, behind load balancers, whether each load balancer has it in the app's pool."""
     hosts = open_hosts(inventory, limit, vault_password_file, app)
-    lbs = open_load_balancers(inventory, vault_password_file)
+    lbs = open_load_balancers(inventory, vault_password_file, required=False)
     for host in hosts:
         for a in selected(host, app):
             text = remote(host, [TOOL, "status", a["name"]], "status")

@@ -107,7 +107,8 @@ def batch_size(batch, count: int) -> int:
     """How many of count hosts switch at a time, as Ansible's `serial` counts them: a
     percentage rounds down, to one host at least."""
     number, percent = BATCH_RE.match(str(batch)).groups()
-    size = int(number) * count // 100 if percent else int(number)
+    # As ansible.utils.helpers.pct_to_int does, float and all.
+    size = int(int(number) / 100.0 * count) if percent else int(number)
     return max(1, min(size, count))
 
 

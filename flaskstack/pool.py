@@ -117,21 +117,16 @@ class Pool:
     # -- writing -------------------------------------------------------------------------
 
     def render(self, check: bool = False) -> list[str]:
-        """Write each app's server lines; remove those of apps gone from the settings. The
-        files changed (or that would change, with check)."""
+        """Write each app's server lines: the files changed (or that would, with check). An app
+        gone from the settings keeps its file: its site, which includes it, may still be
+        enabled until the nginx role removes it; a file no site includes is inert."""
         changed = []
-        wanted = {self.upstream_dir / f"{app}.conf": self.lines(app) for app in self.apps}
-        for path, text in wanted.items():
+        for app in self.apps:
+            path, text = self.upstream_dir / f"{app}.conf", self.lines(app)
             if not path.is_file() or path.read_text() != text:
                 changed.append(str(path))
                 if not check:
                     write_atomic(path, text)
-        if self.upstream_dir.is_dir():
-            for path in sorted(self.upstream_dir.glob("*.conf")):
-                if path not in wanted:
-                    changed.append(f"{path} (removed)")
-                    if not check:
-                        path.unlink()
         return changed
 
     def save_state(self) -> None:
@@ -161,8 +156,8 @@ class Pool:
 
 
 def nginx_workers() -> set[int]:
-    """The running nginx's workers that serve with its current configuration (children of
-    the master in NGINX_PID, not those shutting down)."""
+    """The running nginx's workers (children of the master in NGINX_PID), those serving and
+    those still shutting down after an earlier reload: any of them may carry a request."""
     try:
         master = Path(NGINX_PID).read_text().strip()
     except OSError:
@@ -176,7 +171,7 @@ def nginx_workers() -> set[int]:
             parent = next(x for x in (entry / "status").read_text().splitlines() if x.startswith("PPid:"))
         except (OSError, StopIteration):
             continue
-        if cmdline == b"nginx: worker process" and parent.split()[1] == master:
+        if cmdline.startswith(b"nginx: worker process") and parent.split()[1] == master:
             found.add(int(entry.name))
     return found
 

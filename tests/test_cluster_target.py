@@ -212,7 +212,7 @@ def test_a_batch_that_fails_stops_the_rollout_and_goes_back(cluster, tmp_path):
     new = released(result.stdout)
     assert (
         "in batch 2/3 (app2)" in result.output
-        and "the rollout stopped, that batch went back" in result.output
+        and "the rollout stopped, that batch was sent back" in result.output
     )
     assert "app1 keep the new release" in result.output
     assert serving() == {"app1": new, "app2": before["app2"], "app3": before["app3"]}
@@ -226,7 +226,7 @@ def test_a_batch_that_fails_stops_the_rollout_and_goes_back(cluster, tmp_path):
     again = fab("deploy", "-i", INVENTORY, "--app", "hello", "--src", str(src), "--rollback-all")
     assert again.returncode == 1, again.output
     assert f"[app1] hello: ACTIVATED {released(again.stdout)}" in again.stdout
-    assert "every host that switched went back" in again.output
+    assert "every host that switched was sent back" in again.output
     assert serving() == {"app1": new, "app2": before["app2"], "app3": before["app3"]}
     assert all(s["in_pool"] for s in pool_status().values())
 
@@ -279,7 +279,7 @@ def test_a_failed_ansible_batch_stops_the_rollout_and_says_what_each_host_serves
         "-e", "app_rollback_all=true",
     )  # fmt: skip
     assert result.returncode == 2, result.output[-4000:]
-    assert "every host that switched went back" in result.output
+    assert "every host that switched was sent back" in result.output
     assert serving() == now
     assert all(s["in_pool"] for s in pool_status().values())
     # Every lock was released: the next deploy goes ahead.
