@@ -71,8 +71,13 @@ pytest: venv ## pytest: the sample app, packaging, flaskstack-release, the fabfi
 
 .PHONY: test-target
 test-target: engine ## pytest against the demo target over SSH: make demo twice, fab deploy/rollback
-	@echo "== pytest -m 'target and not cluster'"
-	time $(BIN)/pytest -m "target and not cluster"
+	@echo "== pytest -m 'target and not cluster and not hosts'"
+	time $(BIN)/pytest -m "target and not cluster and not hosts"
+
+.PHONY: test-hosts
+test-hosts: engine ## pytest against targets of their own: another layout, a bare host's compatibility
+	@echo "== pytest -m hosts"
+	time $(BIN)/pytest -m hosts
 
 .PHONY: test-cluster
 test-cluster: engine ## pytest against the cluster (make cluster): balancing, rolling deploys, faults
@@ -102,7 +107,7 @@ $(addprefix molecule-,$(SCENARIOS)): molecule-%: engine
 # failed part does not stop the others (--keep-going), so one run shows every failure.
 test: lint ## Everything CI runs
 	$(MAKE) --no-print-directory --keep-going -j$(JOBS) --output-sync=target \
-		test-target test-cluster \
+		test-target test-cluster test-hosts \
 		$(addprefix molecule-,default cluster multiapp tls $(filter-out default cluster multiapp tls,$(SCENARIOS))) pytest
 
 .PHONY: lock

@@ -38,7 +38,8 @@ CONTAINER, SSH_PORT, HTTP_PORT = "flaskstack-demo4", 2225, 8083
 SECRET = uuid.uuid4().hex
 APT_HELD = 90  # seconds: more than apt's own lock wait (60) and than a whole first run here (~67)
 
-pytestmark = pytest.mark.target
+# A target of its own (not the demo's): run beside the demo's tests (make test-hosts).
+pytestmark = [pytest.mark.target, pytest.mark.hosts]
 
 # Each app as its user would give it: nothing but inventory variables.
 INVENTORY_APPS = {
@@ -159,7 +160,7 @@ def write_inventory(folder: Path, sources: Path, state: str = "present") -> None
 
 
 @pytest.fixture(scope="module")
-def suite(demo_target, tmp_path_factory):
+def suite(tmp_path_factory):
     start_target(CONTAINER, SSH_PORT, HTTP_PORT)
     folder = tmp_path_factory.mktemp("compat")  # the inventory: Ansible reads every file in it
     sources = tmp_path_factory.mktemp("compat-src") / "apps"

@@ -27,7 +27,8 @@ CONTAINER, SSH_PORT, HTTP_PORT = "flaskstack-demo3", 2224, 8082
 CONFIG_DIR = "/etc/webapps"
 SITE = "etc/nginx/sites-available/app.conf.j2"
 
-pytestmark = pytest.mark.target
+# A target of its own (not the demo's): run beside the demo's tests (make test-hosts).
+pytestmark = [pytest.mark.target, pytest.mark.hosts]
 RUN = uuid.uuid4().hex[:8]
 CONFIG_SECRET = uuid.uuid4().hex
 # A value with line breaks, quotes and backslashes (a PEM key's shape): delivered exactly.
@@ -49,7 +50,7 @@ def https(path: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def inventory(demo_target, tmp_path_factory):
+def inventory(tmp_path_factory):
     start_target(CONTAINER, SSH_PORT, HTTP_PORT)
     folder = tmp_path_factory.mktemp("layout")
     host = connection(SSH_PORT)
