@@ -322,7 +322,9 @@ def test_the_app_server_killed_under_load_loses_only_requests_in_flight(demo):
     time.sleep(3)
     load.stop()
     assert main_pid() not in (killed, "0")
-    assert load.sent > 200 and len(load.failures) <= 4, load.failures
+    # Real load: at least the 2 s before the kill at half the pace (clients wait while the
+    # app server comes back, longer on a busy machine: CI saw 9 s and 187 requests).
+    assert load.sent > 80 and len(load.failures) <= 4, (load.sent, load.failures)
     assert answer("localhost") == 200
 
 
