@@ -34,7 +34,7 @@ POOL_TOOL_MODULE = "/usr/local/lib/flaskstack/flaskstack_pool.py"
 
 # The keys an app never carries into a fact, a template variable or -v output:
 # only the task that writes them reads them, from flaskstack_apps.
-SECRET_KEYS = ("secret_env", "tls_certificate_key", "config_files")
+SECRET_KEYS = ("secret_env", "tls_certificate_key", "config_files", "database_password")
 
 # The forms of a config file's content (config_files): a template of the inventory's,
 # or a dict rendered as Python assignments or as KEY="value" lines.
@@ -163,7 +163,7 @@ def app_errors(apps: list, defaults: dict, keep_releases=UNSET, base_dir: str | 
         if not _present(app):
             continue
         problem = (
-            _settings(app) or _shared(app) or _config_files(app, base_dir) or _source(app)
+            _settings(app) or _database(app) or _shared(app) or _config_files(app, base_dir) or _source(app)
             or _certificate(app) or _snippets(app, base_dir)
         )  # fmt: skip
         if problem:
@@ -377,6 +377,30 @@ def _settings(app: dict) -> str:
                 f"{key} ({n}) has values that are not text (a list, a dict, a null, or a NUL byte): "
                 f"{_json(wrong)}; a multi-line value (a PEM key) is fine."
             )
+    return ""
+
+
+def _database(app: dict) -> str:
+    """The first problem of a present app's database settings, or ''. The password's value
+    is never shown; only whether it is there."""
+    n, database = app["name"], app.get("database") or ""
+    if database not in ("", "postgresql"):
+        return f"database ({n}) is {_json(database)}: use postgresql, or leave it empty for none."
+    if not database:
+        return ""
+    env = str(app.get("database_env"))
+    if not ENV_KEY_RE.match(env):
+        return f"database_env ({n}) is {_json(app.get('database_env'))}: use an environment variable name."
+    if env in (app.get("env") or {}) or env in (app.get("secret_env") or {}):
+        return (
+            f"database_env ({n}) is {env}, which env or secret_env sets too: the database's URL goes there."
+        )
+    password = app.get("database_password")
+    if not isinstance(password, str) or not password:
+        return (
+            f"database_password ({n}) is not set: with database postgresql the app's role needs a "
+            "password; keep it in a vault (ansible-vault encrypt_string) and name it here."
+        )
     return ""
 
 
