@@ -213,6 +213,14 @@ CASES = {
         {"flaskstack_apps": [app(worker_class="eventlet")]},
         r"worker_class.*eventlet|eventlet.*worker_class",
     ),
+    "a database without its password": (
+        {"flaskstack_apps": [app(database="postgresql")]},
+        r"database_password \(hello\) is not set: with database postgresql the app's role needs a password",
+    ),
+    "an unknown database": (
+        {"flaskstack_apps": [app(database="mysql", database_password="secret-value")]},
+        r"database.*mysql|mysql.*database",
+    ),
     "a rolling deploy's batch that is no count of hosts": (
         {"flaskstack_apps": [app()], "flaskstack_batch": "150%"},
         r"flaskstack_batch is \"150%\": it must be a number of hosts \(1, 2, ...\) or a percentage "
@@ -242,6 +250,15 @@ GROUP_CASES = {
 def test_bad_groups_stop_before_any_change(run_site, groups, message):
     result = run_site({"flaskstack_apps": [app()]}, groups=groups)
     stopped_before_any_change(result, message)
+
+
+def test_a_database_with_no_database_host_stops_before_any_change(run_site):
+    result = run_site({"flaskstack_apps": [app(database="postgresql", database_password="secret-value")]})
+    stopped_before_any_change(
+        result,
+        r"flaskstack_apps hello ask for a database \(database: postgresql\): the inventory group "
+        r"flaskstack_db must have one host, and has none",
+    )
 
 
 @pytest.mark.parametrize("group_vars, message", CASES.values(), ids=CASES.keys())
