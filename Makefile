@@ -53,7 +53,7 @@ cluster: venv ## A load balancer and three app hosts (containers on this machine
 
 .PHONY: clean
 clean: ## Remove the demo and cluster targets (containers, network, key, secrets)
-	-docker rm -f flaskstack-demo flaskstack-demo2 flaskstack-lb flaskstack-app1 flaskstack-app2 flaskstack-app3
+	-docker rm -f flaskstack-demo flaskstack-demo2 flaskstack-lb flaskstack-app1 flaskstack-app2 flaskstack-app3 flaskstack-db
 	-docker network rm flaskstack-cluster
 	rm -rf .demo
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HTTPS, HTTP = 8493, 8090
 APP_HOSTS = ("app1", "app2", "app3")
-CONTAINERS = ("flaskstack-lb", *(f"flaskstack-{name}" for name in APP_HOSTS))
+CONTAINERS = ("flaskstack-lb", *(f"flaskstack-{name}" for name in APP_HOSTS), "flaskstack-db")
 INVENTORY = "inventory/cluster"
 # Release ids are content hashes: a label of this run's own makes every variant a new release.
 RUN = uuid.uuid4().hex[:8]
@@ -319,3 +319,65 @@ def test_a_rolling_deploy_whose_client_is_killed_is_finished_by_the_next(cluster
     assert all(s["in_pool"] for s in pool_status().values())
     assert len(set(serving().values())) == 1
     assert load.failures == [], load.failures
+
+
+def test_every_app_host_counts_visits_in_the_one_database(cluster):
+    """database: postgresql -> the app hosts share the database host's database: the page's
+    visit count goes up by one per request, whichever host answers."""
+    seen = []
+    for _ in range(9):
+        page = get("/")[2].decode()
+        seen.append(
+            (
+                int(re.search(r'<strong id="visits">(\d+)</strong>', page).group(1)),
+                re.search(r'<code id="host">(\w+)</code>', page).group(1),
+            )
+        )
+    counts = [count for count, _ in seen]
+    assert counts == list(range(counts[0], counts[0] + 9)), seen
+    assert {host for _, host in seen} == set(APP_HOSTS)
+
+
+def test_the_database_takes_the_app_hosts_only_and_over_tls(cluster):
+    """pg_hba: hostssl from each app host's address and no other remote line (the load
+    balancer is not let in); the app's connections are encrypted (pg_stat_ssl)."""
+    url = on_target(
+        "sed -n 's/^FLASK_SQLALCHEMY_DATABASE_URI=\"\\(.*\\)\"$/\\1/p' /etc/flaskstack/hello/app.env",
+        port=2241,
+    )
+    url = url.stdout.strip()
+    assert url.startswith("postgresql://hello:") and url.endswith("@10.87.0.20:5432/hello?sslmode=require")
+    hba = on_target("cat /etc/postgresql/*/main/pg_hba.conf", port=2244).stdout
+    rules = [line.split()[:5] for line in hba.splitlines() if line.startswith("hostssl")]
+    assert rules == [["hostssl", "hello", "hello", f"10.87.0.{n}/32", "scram-sha-256"] for n in (11, 12, 13)]
+    # No other line lets in a remote address (Debian's own are for localhost only).
+    others = [
+        line.split()
+        for line in hba.splitlines()
+        if line.startswith("host") and not line.startswith("hostssl")
+    ]
+    assert {rule[3] for rule in others} <= {"127.0.0.1/32", "::1/128"}, others
+    ssl_rows = on_target(
+        'runuser -u postgres -- psql -tA -c "SELECT s.ssl FROM pg_stat_ssl s '
+        "JOIN pg_stat_activity a USING (pid) WHERE a.usename = 'hello'\"",
+        port=2244,
+    ).stdout.split()
+    assert ssl_rows and set(ssl_rows) == {"t"}, ssl_rows
+
+
+def test_the_nightly_dump_runs_and_restores(cluster):
+    """The dump timer is on; its service (started now, as the timer would) writes a dump
+    that pg_restore reads back into a scratch database with the same visits."""
+    assert on_target("systemctl is-enabled flaskstack-pg-dump.timer", port=2244).stdout.strip() == "enabled"
+    on_target("systemctl start flaskstack-pg-dump.service", port=2244)
+    dump = on_target(
+        "ls -t /var/backups/flaskstack-postgresql/hello-*.dump | head -1", port=2244
+    ).stdout.strip()
+    assert dump
+    as_postgres = "runuser -u postgres -- "
+    on_target(f"{as_postgres} dropdb --if-exists scratch && {as_postgres} createdb scratch", port=2244)
+    on_target(f"{as_postgres} pg_restore --no-owner -d scratch {dump}", port=2244)
+    count = "psql -tA -c 'SELECT count(*) FROM visit' -d"
+    restored = on_target(f"{as_postgres} {count} scratch", port=2244).stdout.strip()
+    live = on_target(f"{as_postgres} {count} hello && {as_postgres} dropdb scratch", port=2244).stdout.strip()
+    assert int(restored) > 0 and int(restored) <= int(live)
