@@ -44,7 +44,7 @@ bench: demo cluster ## Benchmark: HTTP load during deploys, failed deploys, faul
 	$(BIN)/python bench/cluster.py
 
 .PHONY: cluster
-cluster: venv ## A load balancer and three app hosts (containers on this machine); print the URL
+cluster: venv ## A load balancer, three app hosts and a database host (containers here); print the URL
 	$(PLAYBOOK) playbooks/local_target.yml -i inventory/cluster
 	$(PLAYBOOK) site.yml -i inventory/cluster
 	@echo

@@ -1,9 +1,11 @@
-"""The cluster target (`make cluster`): a load balancer and three app hosts, each a
-systemd container with an address of its own on the project's network, provisioned
-by `ansible-playbook site.yml -i inventory/cluster` over SSH. Checked as a user
-would: the load balancer's HTTPS on localhost:8493 (127.0.0.1) answers from every app host in
-turn, an app host answers the load balancer only, an app host stopped and started
-under load costs no request, and a second run changes nothing. Removed at the end.
+"""The cluster target (`make cluster`): a load balancer, three app hosts and a database
+host, each a systemd container with an address of its own on the project's network,
+provisioned by `ansible-playbook site.yml -i inventory/cluster` over SSH. Checked as a
+user would: the load balancer's HTTPS on localhost:8493 (127.0.0.1) answers from every
+app host in turn, an app host answers the load balancer only, an app host stopped and
+started under load costs no request, a second run changes nothing, rolling deploys by
+fab and by ansible-playbook (good, failed, killed) cost no request, and the app hosts
+share one PostgreSQL database (TLS, pg_hba, nightly dumps). Removed at the end.
 """
 
 from __future__ import annotations
