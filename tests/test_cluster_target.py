@@ -160,14 +160,14 @@ def test_an_app_host_stopped_and_started_under_load_costs_no_request(cluster):
 def test_check_mode_on_the_provisioned_cluster_passes(cluster):
     check = run(str(BIN / "ansible-playbook"), "site.yml", "-i", INVENTORY, "--check", "--diff")
     assert check.returncode == 0, check.output[-3000:]
-    for host in ("lb", *APP_HOSTS):
+    for host in ("lb", *APP_HOSTS, "db"):
         assert re.search(rf"{host}\s*:\s*ok=\d+\s+changed=0", check.output), check.output[-3000:]
 
 
 def test_a_second_run_changes_nothing(cluster):
     again = run(str(BIN / "ansible-playbook"), "site.yml", "-i", "inventory/cluster")
     assert again.returncode == 0, again.output[-3000:]
-    for host in ("lb", *APP_HOSTS):
+    for host in ("lb", *APP_HOSTS, "db"):
         assert re.search(rf"{host}\s*:\s*ok=\d+\s+changed=0", again.output), again.output[-3000:]
     assert on_target("test ! -e /srv/hello", port=2240, check=False).returncode == 0  # the LB runs no app
 
