@@ -134,6 +134,7 @@ def load_inventory(
     secrets, the environment and TLS are ansible-playbook's.
     """
     from ansible.inventory.manager import InventoryManager
+    from ansible.module_utils.parsing.convert_bool import boolean
     from ansible.parsing.dataloader import DataLoader
     from ansible.parsing.vault import get_file_vault_secret
     from ansible.playbook.play import Play
@@ -219,7 +220,8 @@ def load_inventory(
                 pip_args=list(var("flaskstack_pip_download_args", [])),
                 drain_timeout=None if var("app_drain_timeout") is None else int(var("app_drain_timeout")),
                 batch=str(var("flaskstack_batch", "")),
-                rollback_all=str(var("app_rollback_all", False)).lower() in ("true", "yes", "1"),
+                # As the play's `| bool` reads it.
+                rollback_all=boolean(var("app_rollback_all", False), strict=False),
             )
         )
     if not hosts and group == GROUP:
@@ -459,6 +461,12 @@ def deploy(
         inventory, limit, vault_password_file, app, src=str(Path(src).resolve()) if src else ""
     )
     lbs = open_load_balancers(inventory, vault_password_file)
+    # --batch, else the inventory's flaskstack_batch (as the deploy play reads it): checked
+    # before the lock and before anything is packaged or sent.
+    size = batch or hosts[0].batch or model.default_batch(bool(lbs))
+    if model.batch_error(size):
+        raise Exit(f"fab: {model.batch_error(size)}", code=2)
+    rollback_all = rollback_all or hosts[0].rollback_all
     who = f"fab deploy by {getpass.getuser()}@{socket.gethostname()}"
 
     with deploy_lock(hosts, app, who):
@@ -535,11 +543,6 @@ def deploy(
                 except DeployError as exc:
                     raise Exit(f"fab deploy: {exc}\nstopped before any switch", code=1) from None
 
-        # --batch, else the inventory's flaskstack_batch (as the deploy play reads it).
-        size = batch or hosts[0].batch or model.default_batch(bool(lbs))
-        if model.batch_error(size):
-            raise Exit(f"fab: {model.batch_error(size)}", code=2)
-        rollback_all = rollback_all or hosts[0].rollback_all
         rollout = model.batches(hosts, size)
         if len(rollout) > 1:
             print(
