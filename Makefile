@@ -6,6 +6,8 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 PYTHON   ?= python3
 PLAYBOOK := $(BIN)/ansible-playbook
+# Each pytest part of `make test` ends with its ten slowest tests (where CI's time goes).
+PYTEST   := $(BIN)/pytest --durations=10
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -25,8 +27,8 @@ $(VENV)/.installed: requirements.txt
 venv: $(VENV)/.installed ## Install the control node's tools into .venv
 
 .PHONY: engine
-engine: venv ## Install and start the Docker engine; build the systemd image if absent
-	$(PLAYBOOK) playbooks/local_target.yml --tags engine,image
+engine: venv ## Install and start the Docker engine; build the systemd images if absent
+	$(PLAYBOOK) playbooks/local_target.yml --tags engine,image -e local_target_test_images=true
 
 .PHONY: demo
 demo: venv ## Provision the embedded local target and print its URL
@@ -41,6 +43,7 @@ bench: demo cluster ## Benchmark: HTTP load during deploys, failed deploys, faul
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk
 	$(BIN)/python bench/deploy_speed.py
 	$(BIN)/python bench/zero_downtime.py
+	$(BIN)/python bench/workers.py
 	$(BIN)/python bench/cluster.py
 
 .PHONY: cluster
@@ -55,6 +58,7 @@ cluster: venv ## A load balancer, three app hosts and a database host (container
 clean: ## Remove the demo and cluster targets (containers, network, key, secrets)
 	-docker rm -f flaskstack-demo flaskstack-demo2 flaskstack-lb flaskstack-app1 flaskstack-app2 flaskstack-app3 flaskstack-db
 	-docker network rm flaskstack-cluster
+	-$(PLAYBOOK) playbooks/local_vm.yml -i inventory/vm -e local_vm_state=absent
 	rm -rf .demo
 
 .PHONY: lint
@@ -66,23 +70,28 @@ lint: venv ## ansible-lint (production profile), yamllint, ruff
 
 .PHONY: pytest
 pytest: venv ## pytest: the sample app, packaging, flaskstack-release, the fabfile, bad input (no Docker)
-	@echo "== pytest -m 'not target'"
-	time $(BIN)/pytest -m "not target"
+	@echo "== pytest -m 'not target and not vm'"
+	time $(PYTEST) -m "not target and not vm"
 
 .PHONY: test-target
 test-target: engine ## pytest against the demo target over SSH: make demo twice, fab deploy/rollback
 	@echo "== pytest -m 'target and not cluster and not hosts'"
-	time $(BIN)/pytest -m "target and not cluster and not hosts"
+	time $(PYTEST) -m "target and not cluster and not hosts"
 
 .PHONY: test-hosts
 test-hosts: engine ## pytest against targets of their own: another layout, a bare host's compatibility
 	@echo "== pytest -m hosts"
-	time $(BIN)/pytest -m hosts
+	time $(PYTEST) -m hosts
 
 .PHONY: test-cluster
 test-cluster: engine ## pytest against the cluster (make cluster): balancing, rolling deploys, faults
 	@echo "== pytest -m cluster"
-	time $(BIN)/pytest -m cluster
+	time $(PYTEST) -m cluster
+
+.PHONY: test-vm
+test-vm: venv ## A real VM: Debian from the archive under QEMU, provisioned over SSH, rebooted, scanned
+	@echo "== pytest -m vm"
+	time $(BIN)/pytest -m vm -s
 
 # Every scenario under molecule/, each in its own container (flaskstack-molecule-<name>).
 SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
@@ -108,7 +117,7 @@ $(addprefix molecule-,$(SCENARIOS)): molecule-%: engine
 test: lint ## Everything CI runs
 	$(MAKE) --no-print-directory --keep-going -j$(JOBS) --output-sync=target \
 		test-target test-cluster test-hosts \
-		$(addprefix molecule-,default cluster multiapp tls $(filter-out default cluster multiapp tls,$(SCENARIOS))) pytest
+		$(addprefix molecule-,default multiapp workers tls $(filter-out default multiapp workers tls,$(SCENARIOS))) pytest
 
 .PHONY: lock
 lock: ## Re-pin requirements.txt from requirements.in

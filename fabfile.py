@@ -61,6 +61,8 @@ FAB_KEYS = ("name", "state", "src", "requirements", "exclude", "server", "worker
 FAB_KEYS += ("migrate_once", "server_names", "shared_dirs", "shared_files")
 # (And what the report of a project's shape reads.)
 FAB_KEYS += ("static_dir", "static_url")
+# (And which workers and timers an app has: fab logs --process; their commands are no secret.)
+FAB_KEYS += ("workers", "timers")
 DEFAULT_INVENTORY = os.environ.get("FLASKSTACK_INVENTORY", str(ROOT / "inventory" / "local"))
 GROUP = "flaskstack"
 # The load balancers in front of the app hosts, if the inventory has them.
@@ -198,6 +200,9 @@ def load_inventory(
             worker_packages=var("flaskstack_worker_packages", {}),
             health_host=var("app_health_host", ""),
             base_dir=str(var("inventory_dir", inventory)),
+            # As the flaskstack role says (resolve.yml): the one host that runs the scheduler.
+            scheduler_here=host.name
+            == var("flaskstack_scheduler_host", (manager.get_groups_dict().get(GROUP) or [""])[0]),
         )
         common_args = " ".join(str(var(k, "")) for k in ("ansible_ssh_common_args", "ansible_ssh_extra_args"))
         known_hosts = [
@@ -745,20 +750,23 @@ def run(c, command, inventory=DEFAULT_INVENTORY, app="", limit="", vault_passwor
         raise Exit(code=result.exited)
 
 
-@task(help={**INVENTORY_HELP, "lines": "how many journal lines per app (default 50)"})
-def logs(c, inventory=DEFAULT_INVENTORY, app="", limit="", lines=50, vault_password_file=""):
-    """Show the last lines of each app server's journal on every host."""
+@task(
+    help={
+        **INVENTORY_HELP,
+        "lines": "how many journal lines per app (default 50)",
+        "process": "a worker's or timer's name (its workers/timers), or all (default: the app server)",
+    }
+)
+def logs(c, inventory=DEFAULT_INVENTORY, app="", limit="", lines=50, process="", vault_password_file=""):
+    """Show the last lines of each app server's journal on every host (--process: a worker's
+    or a timer's, or all of the app's, merged in time order)."""
     hosts = open_hosts(inventory, limit, vault_password_file, app)
     for host in hosts:
         for a in selected(host, app):
-            argv = [
-                "journalctl",
-                "-u",
-                a["service"],
-                "-n",
-                str(int(lines)),
-                "--no-pager",
-                "-o",
-                "short-iso",
-            ]
+            try:
+                units = model.log_units(a, process)
+            except ValueError as exc:
+                raise Exit(f"fab: {host.name}: {exc}", code=2) from None
+            argv = ["journalctl", *[f"--unit={unit}" for unit in units], "-n", str(int(lines))]
+            argv += ["--no-pager", "-o", "short-iso"]
             say(host.name, f"{a['name']}:\n" + remote(host, argv, "journalctl"))

@@ -78,3 +78,10 @@ def breaks_on_host(name: str) -> Callable[[Path], None]:
         )
 
     return change
+
+
+def breaks_worker(src: Path) -> None:
+    """The Celery app the workers load (hello/make_celery.py) fails to import; the web app,
+    its gates and its health check are fine."""
+    module = src / "hello" / "make_celery.py"
+    module.write_text('raise RuntimeError("this release\'s worker cannot start")\n' + module.read_text())

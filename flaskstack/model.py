@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ POOL_TOOL_MODULE = "/usr/local/lib/flaskstack/flaskstack_pool.py"
 
 # The keys an app never carries into a fact, a template variable or -v output:
 # only the task that writes them reads them, from flaskstack_apps.
-SECRET_KEYS = ("secret_env", "tls_certificate_key", "config_files", "database_password")
+SECRET_KEYS = ("secret_env", "tls_certificate_key", "config_files", "database_password", "broker_password")
 
 # The forms of a config file's content (config_files): a template of the inventory's,
 # or a dict rendered as Python assignments or as KEY="value" lines.
@@ -145,6 +146,11 @@ def _json(value) -> str:
 UNSET = object()
 
 
+def app_ports(app: dict) -> list:
+    """The ports nginx answers an app on: its HTTP port, and with TLS its HTTPS port too."""
+    return [app.get("http_port")] + ([app.get("https_port")] if app.get("tls", "off") != "off" else [])
+
+
 def app_errors(apps: list, defaults: dict, keep_releases=UNSET, base_dir: str | None = None) -> list[str]:
     """Every problem of the inventory's apps that an argument spec cannot express.
 
@@ -163,15 +169,16 @@ def app_errors(apps: list, defaults: dict, keep_releases=UNSET, base_dir: str | 
         if not _present(app):
             continue
         problem = (
-            _settings(app) or _database(app) or _shared(app) or _config_files(app, base_dir) or _source(app)
-            or _certificate(app) or _snippets(app, base_dir)
+            _settings(app) or _database(app) or _broker(app) or _processes(app) or _shared(app)
+            or _config_files(app, base_dir) or _source(app) or _certificate(app) or _snippets(app, base_dir)
         )  # fmt: skip
         if problem:
             errors.append(f"flaskstack_apps[{i}].{problem}")
-        # Host names are case-insensitive; an app with TLS answers on its HTTPS port too.
-        ports = [app.get("http_port")] + ([app.get("https_port")] if app.get("tls") != "off" else [])
+        # Host names are case-insensitive.
+        ports = app_ports(app)
         names = {str(host).lower().rstrip(".") for host in app.get("server_names") or []}
         claims.update({f"{host}:{port}" for host in names for port in ports})
+    errors += unit_name_errors(apps) + broker_db_errors(apps, defaults)
     shared = [claim for claim, n in claims.items() if n > 1]
     if shared:
         errors.append(f"flaskstack_apps: more than one present app answers for {', '.join(shared)}.")
@@ -404,6 +411,170 @@ def _database(app: dict) -> str:
     return ""
 
 
+def _broker(app: dict) -> str:
+    """The first problem of a present app's broker settings (Redis), or ''. The password's
+    value is never shown; only whether it is there."""
+    n, broker = app["name"], app.get("broker") or ""
+    if broker not in ("", "redis"):
+        return f"broker ({n}) is {_json(broker)}: use redis, or leave it empty for none."
+    if not broker:
+        return ""
+    env = str(app.get("broker_env"))
+    taken = list(app.get("env") or {}) + list(app.get("secret_env") or {})
+    if not ENV_KEY_RE.match(env):
+        return f"broker_env ({n}) is {_json(app.get('broker_env'))}: use an environment variable name."
+    if env in taken or (app.get("database") and env == app.get("database_env")):
+        return (
+            f"broker_env ({n}) is {env}, which env, secret_env or database_env sets too: "
+            "the broker's URL goes there."
+        )
+    db = app.get("broker_db")
+    if not isinstance(db, int) or isinstance(db, bool) or not 0 <= db <= 15:
+        return f"broker_db ({n}) is {_json(db)}: use a Redis database number from 0 to 15."
+    password = app.get("broker_password")
+    if not isinstance(password, str) or not password or any(c.isspace() for c in password):
+        return (
+            f"broker_password ({n}) is not set (or has a space): with broker redis the app's Redis user "
+            "needs a password; keep it in a vault (ansible-vault encrypt_string) and name it here."
+        )
+    return ""
+
+
+# Background processes (workers) and scheduled jobs (timers): their keys and defaults.
+WORKER_DEFAULTS = {"count": 1, "stop_timeout": 300, "stop_signal": "SIGTERM", "scheduler": False}
+TIMER_DEFAULTS = {"random_delay": 0, "persistent": True, "every_host": False, "timeout": 3600}
+# The signals a worker may be asked to stop with (its graceful shutdown's).
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+
+
+def _is_int(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def command_argv(command) -> list[str]:
+    """A process's command as its arguments, split as a shell would (quotes), or [] when it
+    is not a command (empty, not text, or with an unbalanced quote)."""
+    # A line break would end the ExecStart= line and begin a directive of the command's own.
+    if not isinstance(command, str) or any(c in command for c in "\0\n\r"):
+        return []
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return []
+
+
+def _processes(app: dict) -> str:
+    """The first problem of a present app's workers and timers, or ''. What systemd alone
+    can judge (an OnCalendar expression) is checked on the host, before any change."""
+    n = app["name"]
+    seen: set[str] = set()
+    for key, defaults in (("workers", WORKER_DEFAULTS), ("timers", TIMER_DEFAULTS)):
+        entries = app.get(key) or []
+        if not isinstance(entries, list):
+            return f"{key} ({n}) is not a list."
+        for j, raw in enumerate(entries):
+            where = f"{key}[{j}] ({n})"
+            if not isinstance(raw, dict):
+                return f"{where} is not a dict: give name and command."
+            entry = {**defaults, **raw}
+            unknown = sorted(
+                set(raw) - {"name", "command", *defaults, *(["on_calendar"] if key == "timers" else [])}
+            )
+            if unknown:
+                return f"{where} has unknown keys {_json(unknown)}."
+            name = entry.get("name")
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                return (
+                    f"{where}.name is {_json(str(name))}: use 1 to 31 lower-case letters, digits, '-' or "
+                    "'_', "
+                    f"starting with a letter (it becomes the systemd unit {n}-<name>)."
+                )
+            if name in seen:
+                return f"{where}.name is {_json(name)}, which another of the app's workers or timers has."
+            seen.add(name)
+            where = f"{key}[{j}].command ({n}, {name})"
+            if not command_argv(entry.get("command")):
+                return (
+                    f"{where} is {_json(entry.get('command'))}: give the command to run on one line, as a "
+                    "shell would split it (quotes balanced; no pipes: wrap those in sh -c '...')."
+                )
+            problem = _worker(entry) if key == "workers" else _timer(entry)
+            if problem:
+                return f"{key}[{j}].{problem} ({n}, {name})."
+    return ""
+
+
+def _worker(entry: dict) -> str:
+    if not _is_int(entry["count"], 1) or entry["count"] > 64:
+        return f"count is {_json(entry['count'])}: run 1 to 64 instances"
+    if not _is_int(entry["stop_timeout"], 1):
+        return (
+            f"stop_timeout is {_json(entry['stop_timeout'])}: the seconds a running job gets to finish (>= 1)"
+        )
+    signal = str(entry["stop_signal"]).upper()
+    if ("SIG" + signal if not signal.startswith("SIG") else signal) not in STOP_SIGNALS:
+        return f"stop_signal is {_json(entry['stop_signal'])}: use one of {', '.join(STOP_SIGNALS)}"
+    if not isinstance(entry["scheduler"], bool):
+        return f"scheduler is {_json(entry['scheduler'])}: true (on the scheduler host only) or false"
+    return ""
+
+
+def _timer(entry: dict) -> str:
+    calendar = entry.get("on_calendar")
+    if not isinstance(calendar, str) or not calendar.strip() or "\n" in calendar:
+        return f"on_calendar is {_json(calendar)}: give a systemd calendar expression (daily, *-*-* 03:00:00)"
+    if not _is_int(entry["random_delay"], 0):
+        return f"random_delay is {_json(entry['random_delay'])}: seconds (>= 0) to spread the start over"
+    if not _is_int(entry["timeout"], 1):
+        return f"timeout is {_json(entry['timeout'])}: the seconds a run may take before it is stopped (>= 1)"
+    for flag in ("persistent", "every_host"):
+        if not isinstance(entry[flag], bool):
+            return f"{flag} is {_json(entry[flag])}: true or false"
+    return ""
+
+
+def broker_db_errors(apps: list, defaults: dict) -> list[str]:
+    """Apps sharing a Redis take a database each: in one database, Celery's default queue
+    (`celery`) is every app's, and one app's workers would take another's jobs."""
+    taken: dict = {}
+    for i, raw in enumerate(apps):
+        app = merge(defaults, raw) if isinstance(raw, dict) else {}
+        if _present(app) and app.get("broker") == "redis":
+            taken.setdefault(app.get("broker_db"), []).append(f"flaskstack_apps[{i}] ({app.get('name')})")
+    return [
+        f"broker_db is {_json(db)} for {' and '.join(names)}: apps that share Redis need a database "
+        "each (0 to 15), or one app's workers take another's jobs."
+        for db, names in taken.items()
+        if len(names) > 1
+    ]
+
+
+def unit_name_errors(apps: list) -> list[str]:
+    """Each worker's and timer's systemd unit is <app>-<name>: it may not be another app's
+    name, or another app's worker's or timer's (app a-b's x and app a's b-x would share one)."""
+    owners: dict[str, str] = {
+        str(raw.get("name")): f"the app {raw.get('name')}" for raw in apps if isinstance(raw, dict)
+    }
+    errors = []
+    for i, raw in enumerate(apps):
+        if not isinstance(raw, dict):
+            continue
+        for key in ("workers", "timers"):
+            entries = raw.get(key) if isinstance(raw.get(key), list) else []
+            for j, entry in enumerate(entries):
+                if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                    continue
+                unit = f"{raw.get('name')}-{entry['name']}"
+                where = f"flaskstack_apps[{i}].{key}[{j}].name"
+                if unit in owners and owners[unit] != where:
+                    errors.append(
+                        f"{where} is {_json(entry['name'])}: its unit {unit} is {owners[unit]}'s too; "
+                        "rename one."
+                    )
+                owners.setdefault(unit, where)
+    return errors
+
+
 def _source(app: dict, modules: bool = True) -> str:
     """The first problem of a present app's source tree on the control node, or ''.
     modules=False: the entry point's module is left to the host's check gate."""
@@ -609,13 +780,16 @@ def resolve(
     worker_packages: dict,
     health_host: str = "",
     base_dir: str | None = None,
+    scheduler_here: bool = True,
 ) -> list[dict]:
     """Each app with its defaults merged in and every path and name the roles use.
 
     Secrets (secret_env, tls_certificate_key) are left out: only the tasks that
     write them read them, from flaskstack_apps; secret_env_keys names them.
     nginx_snippets' src become absolute paths (relative ones start at the
-    templates/ folder of base_dir, the inventory's folder).
+    templates/ folder of base_dir, the inventory's folder). scheduler_here: this host is
+    the scheduler host (flaskstack_scheduler_host), which alone runs the workers marked
+    `scheduler` and the timers not marked `every_host`.
     """
     resolved = []
     for raw in apps:
@@ -631,6 +805,8 @@ def resolve(
         app["server_packages"] = app_packages(app, server_packages, worker_packages)
         app["project"] = project(app) if _present(app) else {}
         app.update(paths(app, layout, health_host))
+        # An absent app's workers and timers go by their unit files (processes --all).
+        app.update(processes(app if _present(app) else {"name": app["name"]}, scheduler_here))
         # What a release is made of besides its source: part of its content-hashed id.
         app["release_extra"] = (
             app["server_packages"]
@@ -738,6 +914,94 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         config["target"] for config in found["configs"]
     ]
     return found
+
+
+def _count(value) -> int:
+    return value if _is_int(value, 1) else 1
+
+
+def systemd_quote(arg: str) -> str:
+    """One argument as systemd's ExecStart= reads it: double-quoted, with its own escapes;
+    '%' and '$' doubled (no specifier, no variable expansion)."""
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"'
+
+
+def _exec(command) -> str:
+    """A command as ExecStart= arguments."""
+    return " ".join(systemd_quote(arg) for arg in command_argv(command))
+
+
+def processes(app: dict, scheduler_here: bool = True) -> dict:
+    """An app's workers and timers, with their systemd units, and which of them run on this
+    host. A worker is a template unit <app>-<name>@.service with one instance per count
+    (<app>-<name>@1.service, ...); a timer is <app>-<name>.timer starting the one-shot
+    <app>-<name>.service (systemd never starts a second run while one is running)."""
+    name = app["name"]
+    unit_dir = "/etc/systemd/system"
+    workers, timers = [], []
+
+    # Malformed entries (which the checks name) are left out: fab resolves before it checks.
+    def entries(key: str) -> list[dict]:
+        found = app.get(key) if isinstance(app.get(key), list) else []
+        return [e for e in found if isinstance(e, dict) and isinstance(e.get("name"), str)]
+
+    for raw in entries("workers"):
+        worker = {**WORKER_DEFAULTS, **raw}
+        signal = str(worker["stop_signal"]).upper()
+        unit = f"{name}-{worker['name']}"
+        workers.append({
+            **worker,
+            "stop_signal": signal if signal.startswith("SIG") else "SIG" + signal,
+            # {instance} in the command: the instance's number (a Celery node name: -n w{instance}@%h).
+            "exec": _exec(worker.get("command")).replace("{instance}", "%i"),
+            "unit": f"{unit}@.service",
+            "unit_file": f"{unit_dir}/{unit}@.service",
+            "instances": [f"{unit}@{i}.service" for i in range(1, _count(worker["count"]) + 1)],
+            "here": scheduler_here or not worker["scheduler"],
+        })  # fmt: skip
+    for raw in entries("timers"):
+        timer = {**TIMER_DEFAULTS, **raw}
+        unit = f"{name}-{timer['name']}"
+        timers.append({
+            **timer,
+            "exec": _exec(timer.get("command")),
+            "service": f"{unit}.service",
+            "service_file": f"{unit_dir}/{unit}.service",
+            "timer": f"{unit}.timer",
+            "timer_file": f"{unit_dir}/{unit}.timer",
+            "here": scheduler_here or timer["every_host"],
+        })  # fmt: skip
+    here_workers = [w for w in workers if w["here"]]
+    here_timers = [t for t in timers if t["here"]]
+    return {
+        "workers": workers,
+        "timers": timers,
+        # On this host: the worker instances a deploy restarts (after the web's health
+        # check), and every unit file of the app's workers and timers that belongs here.
+        "worker_units": [unit for w in here_workers for unit in w["instances"]],
+        "timer_units": [t["timer"] for t in here_timers],
+        "process_unit_files": [w["unit_file"] for w in here_workers]
+        + [path for t in here_timers for path in (t["service_file"], t["timer_file"])],
+        # Every unit file flaskstack writes for the app's workers and timers starts so.
+        "process_unit_prefix": f"{unit_dir}/{name}-",
+    }
+
+
+def log_units(app: dict, process: str = "") -> list[str]:
+    """The systemd units whose journal `fab logs` shows: the app server's (process ""), one
+    worker's or timer's (its name), or all of them ("all"). A worker's instances by pattern.
+    Raises ValueError naming the app's processes for a name it does not have."""
+    workers = {w["name"]: [w["unit"].replace("@.service", "@*.service")] for w in app.get("workers") or []}
+    timers = {t["name"]: [t["service"], t["timer"]] for t in app.get("timers") or []}
+    if not process:
+        return [app["service"]]
+    if process == "all":
+        return [app["service"]] + [u for units in (*workers.values(), *timers.values()) for u in units]
+    if process in workers or process in timers:
+        return workers.get(process) or timers[process]
+    known = ", ".join([*workers, *timers]) or "none"
+    raise ValueError(f"{app['name']} has no worker or timer named {process!r} (it has: {known}; or use all)")
 
 
 def _config_folders(paths: list[str], shared_dirs: list[str]) -> list[str]:

@@ -504,6 +504,110 @@ def restart(app: App) -> None:
     run(argv, f"{app.name}: restart of {app.cfg['service']} failed")
 
 
+# -- workers and timers (the app's background processes) ----------------------------------
+
+
+def systemctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["systemctl", *args], capture_output=True, text=True, check=False)
+
+
+def unit_states(units: list[str]) -> dict[str, dict]:
+    """systemd's ActiveState, SubState, NRestarts, InvocationID and MainPID of each unit."""
+    if not units:
+        return {}
+    props = "ActiveState,SubState,NRestarts,InvocationID,MainPID,Id"
+    out = systemctl("show", f"--property={props}", "--", *units).stdout
+    states = {}
+    for block in out.strip().split("\n\n"):
+        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if fields.get("Id"):
+            states[fields["Id"]] = fields
+    return states
+
+
+def unit_log(unit: str, lines: int = 8) -> str:
+    out = subprocess.run(
+        ["journalctl", "--no-pager", "--output=cat", f"--lines={lines}", f"--unit={unit}"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+    return "\n    ".join(out.splitlines()[-lines:]) or "(no log)"
+
+
+# A restarted worker has settled when its main process has been up worker_settle seconds and
+# then slept, using under IDLE_CPU of a CPU, for two seconds (its imports are done: it waits
+# for jobs),
+# or has been up SETTLE_LIMIT seconds. On a loaded machine an app's imports take longer:
+# a fixed wait alone would call a worker up that crashes a moment later.
+IDLE_CPU = 0.05
+SETTLE_LIMIT = 60.0
+
+
+def cpu_seconds(pid: str) -> float | None:
+    """CPU time a sleeping process has used (user + system), or None if it is gone or is
+    running or waiting on the disk (state R or D: not waiting for jobs yet)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] != "S":
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def restart_workers(app: App) -> str:
+    """Restart the app's workers on this host (after its web server passed its health check,
+    never before): systemd stops each with its graceful signal and waits for its running
+    jobs (up to its stop_timeout), then starts it from the live release. Each must then
+    settle (see IDLE_CPU) without being restarted by systemd; one that exits or restarts
+    first fails the step, with its last log lines. The app's timers are (re)started too."""
+    units = list(app.cfg.get("worker_units") or [])
+    timers = list(app.cfg.get("timer_units") or [])
+    if timers:  # restarted: a changed schedule counts from now (a missed run is kept)
+        run(["systemctl", "restart", "--", *timers], f"{app.name}: the timers did not start")
+    if not units:
+        return f"{len(timers)} timers" if timers else "none"
+    systemctl("reset-failed", "--", *units)  # one that gave up (start limit) may start again
+    run(["systemctl", "restart", "--", *units], f"{app.name}: the workers did not restart")
+    begun = time.monotonic()
+    started = unit_states(units)
+    settle = float(app.cfg.get("worker_settle", 3))
+    waiting, used = set(units), {}
+    while waiting:
+        time.sleep(1.0)
+        now = unit_states(units)
+        # Up, and the same process systemd started (not one it restarted after a crash).
+        bad = [
+            unit for unit in units
+            if now.get(unit, {}).get("ActiveState") != "active"
+            or now[unit].get("InvocationID") != started.get(unit, {}).get("InvocationID")
+        ]  # fmt: skip
+        if bad:
+            raise ReleaseError(
+                f"{app.name}: worker {bad[0]} did not stay up after its restart "
+                f"(its last lines):\n    {unit_log(bad[0])}"
+            )
+        up = time.monotonic() - begun
+        for unit in list(waiting):
+            cpu = cpu_seconds(now[unit].get("MainPID", "0"))
+            # Idle: asleep, and under IDLE_CPU in each of the last two seconds.
+            last = used.get(unit)
+            idle_now = (
+                cpu is not None and last is not None and last[0] is not None and cpu - last[0] < IDLE_CPU
+            )
+            quiet = idle_now and last[1]
+            used[unit] = (cpu, idle_now)
+            if (up >= settle and quiet) or up >= max(settle, SETTLE_LIMIT):
+                waiting.discard(unit)
+    took = time.monotonic() - begun
+    return f"{len(units)} restarted, settled in {took:.1f}s" + (f"; {len(timers)} timers" if timers else "")
+
+
+def stop_workers(app: App) -> bool:
+    """Stop the app's workers and timers (its first release failed: nothing of it runs)."""
+    units = list(app.cfg.get("worker_units") or []) + list(app.cfg.get("timer_units") or [])
+    return not units or systemctl("stop", "--", *units).returncode == 0
+
+
 def switch(app: App, release: str) -> None:
     """Point `current` at a release: a new symlink renamed over the old one (atomic)."""
     tmp = app.current.parent / f".{app.current.name}-{os.getpid()}"
@@ -1034,6 +1138,8 @@ def activate(
             restart(app)
         with step("health") as s:
             s.detail = wait_healthy(app)
+        with step("workers") as s:
+            s.detail = restart_workers(app)
     except BaseException as exc:  # noqa: BLE001 - whatever stops it, the release it put live goes
         with deferred_signals():
             raise ReleaseError(f"{why(exc)}\n  {switch_back(app, release, live)}") from None
@@ -1057,6 +1163,7 @@ def switch_back(app: App, release: str, live: str | None) -> str:
             argv = app.cfg.get("stop_command") or ["systemctl", "stop", app.cfg["service"]]
             try:
                 stopped = subprocess.run(argv, capture_output=True, check=False).returncode == 0
+                stopped = stop_workers(app) and stopped
             except OSError:
                 stopped = False
             s.detail = "current removed" + ("" if stopped else "; the service did not stop")
@@ -1067,8 +1174,18 @@ def switch_back(app: App, release: str, live: str | None) -> str:
         switch(app, live)
         restart(app)
         s.detail = f"current -> releases/{live}; {wait_healthy(app)}"
-    app.record(live, release, "auto-rollback", f"{release} failed its health check")
-    return f"switched back to {live}, which answers; {discard(app, release)}" + (f"; {back}" if back else "")
+    workers = ""
+    try:
+        with step("workers") as s:  # they may have started on the release that failed
+            s.detail = restart_workers(app)
+    except ReleaseError as exc:  # the web answers on the release it had: say so, and record it
+        workers = f"; ITS WORKERS DO NOT STAY UP EITHER: {exc}"
+    app.record(live, release, "auto-rollback", f"{release} failed its health check{workers[:200]}")
+    return (
+        f"switched back to {live}, which answers; {discard(app, release)}"
+        + (f"; {back}" if back else "")
+        + workers
+    )
 
 
 def recover(app: App) -> None:
@@ -1089,6 +1206,7 @@ def recover(app: App) -> None:
         try:
             restart(app)  # the process that died may not have restarted it: the new code must run
             wait_healthy(app)
+            restart_workers(app)
             app.record(release, before, action or "deploy", f"{note} (finished after an interruption)")
             keep_settings(app, release)
             s.detail = f"{release} was switched to and answers: recorded"
@@ -1143,6 +1261,8 @@ def cmd_restart(args) -> int:
                 restart(app)
             with step("health") as s:
                 s.detail = wait_healthy(app)
+            with step("workers") as s:
+                s.detail = restart_workers(app)
         except BaseException as exc:  # noqa: BLE001 - whatever stops it, the old settings come back
             with deferred_signals():
                 raise ReleaseError(f"{why(exc)}\n  {settings_back(app, live)}") from None
@@ -1161,6 +1281,8 @@ def settings_back(app: App, live: str) -> str:
             return f"{app.name} does not answer with its new settings, and none it answered with are kept"
         restart(app)
         s.detail = f"{back}; {wait_healthy(app)}"
+    with step("workers") as s:
+        s.detail = restart_workers(app)
     return f"{back}; {app.name} restarted with them and answers"
 
 
@@ -1325,6 +1447,11 @@ def cmd_status(args) -> int:
         status["pending"] = (
             f"an activation of {entries[-1]['release']} was interrupted (the next deploy checks it)"
         )
+    states = unit_states(list(app.cfg.get("worker_units") or []) + list(app.cfg.get("timer_units") or []))
+    if states:
+        status["processes"] = ", ".join(
+            f"{unit} {state.get('ActiveState', '?')}" for unit, state in sorted(states.items())
+        )
     held = app.deploy_lock()
     if held is not None:
         status["lock"] = describe_lock(held).partition(";")[0]
@@ -1337,6 +1464,89 @@ def cmd_status(args) -> int:
     else:
         for key, value in status.items():
             print(f"{key:<9} {value}")
+    return 0
+
+
+def ours(path: Path, app: App) -> bool:
+    """A unit file flaskstack wrote for one of the app's workers or timers (its Description
+    names the app), not another app's whose name starts the same."""
+    try:
+        return f"Description=flaskstack app {app.name}: " in path.read_text()
+    except OSError:
+        return False
+
+
+def cmd_processes(args) -> int:
+    """Bring the app's workers and timers on this host in line with release.json (which the
+    app role writes from the inventory): --phase stop stops, disables and removes the units
+    no longer wanted here (a worker removed, fewer instances, the scheduler moved to another
+    host); --phase start enables the wanted ones, and starts them if a release is live.
+    Ansible runs the stop phase on every host before the start phase on any, so a scheduler
+    never runs on two hosts at once. --check: say what would change. Prints JSON."""
+    app = App(args.app, args.config_dir)
+    prefix = str(app.cfg.get("process_unit_prefix") or f"/etc/systemd/system/{app.name}-")
+    unit_dir, stem = Path(prefix).parent, Path(prefix).name
+    # --all: none is wanted (the app is being removed).
+    wanted_files = set() if args.all else set(app.cfg.get("process_unit_files") or [])
+    wanted = (
+        [] if args.all else list(app.cfg.get("worker_units") or []) + list(app.cfg.get("timer_units") or [])
+    )
+    found = [
+        f for f in sorted(unit_dir.glob(f"{stem}*")) if f.is_file() and not f.is_symlink() and ours(f, app)
+    ]
+    templates = {f.name for f in found if f.name.endswith("@.service")}
+    # Enabled units: the links in the .wants folders (an instance of one of our templates,
+    # or one of our timers).
+    enabled = sorted({
+        link.name for link in unit_dir.glob(f"*.wants/{stem}*")
+        if (link.name.endswith(".timer") and ours(unit_dir / link.name, app))
+        or ("@" in link.name and link.name.split("@")[0] + "@.service" in templates)
+    })  # fmt: skip
+    result: dict = {"changed": False}
+    with app.lock():
+        if args.phase == "stop":
+            stale_files = [str(f) for f in found if str(f) not in wanted_files]
+            # What runs, enabled or not: an instance of one of the app's
+            # templates, or one of its timers or timer jobs (their files are the app's).
+            names = {f.name for f in found}
+            listed = systemctl("list-units", "--all", "--plain", "--no-legend", f"{stem}*").stdout
+            running = [
+                line.split()[0] for line in listed.splitlines()
+                if len(line.split()) > 2 and line.split()[2] in ("active", "activating", "reloading")
+            ]  # fmt: skip
+            loaded = [
+                u for u in running if u in names or ("@" in u and u.split("@")[0] + "@.service" in templates)
+            ]
+            # A wanted timer's job may be running: it stays (it is no unit of its own in wanted).
+            keep = set(wanted) | {
+                u.removesuffix(".timer") + ".service" for u in wanted if u.endswith(".timer")
+            }
+            stale_units = sorted({u for u in [*enabled, *loaded] if u not in keep})
+            result.update(stopped=stale_units, removed=stale_files, changed=bool(stale_units or stale_files))
+            if result["changed"] and not args.check:
+                if stale_units:
+                    run(
+                        ["systemctl", "disable", "--now", "--", *stale_units],
+                        f"{app.name}: stopping {stale_units}",
+                    )
+                for path in stale_files:
+                    Path(path).unlink(missing_ok=True)
+                run(["systemctl", "daemon-reload"], "systemctl daemon-reload")
+        else:
+            to_enable = [u for u in wanted if u not in enabled]
+            live = app.live() is not None and not args.enable_only
+            states = unit_states(wanted) if live else {}
+            to_start = [
+                u
+                for u in wanted
+                if live and states.get(u, {}).get("ActiveState") not in ("active", "activating")
+            ]
+            result.update(enabled=to_enable, started=to_start, changed=bool(to_enable or to_start))
+            if to_enable and not args.check:
+                run(["systemctl", "enable", "--", *to_enable], f"{app.name}: enabling {to_enable}")
+            if to_start and not args.check:
+                run(["systemctl", "start", "--", *to_start], f"{app.name}: starting {to_start}")
+    print(json.dumps(result, sort_keys=True))
     return 0
 
 
@@ -1400,6 +1610,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("app")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+    s = sub.add_parser("processes", help="bring the app's workers and timers on this host in line")
+    s.add_argument("app")
+    s.add_argument("--phase", choices=["stop", "start"], required=True)
+    s.add_argument("--check", action="store_true", help="say what would change, change nothing")
+    s.add_argument("--all", action="store_true", help="with --phase stop: every one of them (the app goes)")
+    s.add_argument(
+        "--enable-only", action="store_true", help="with --phase start: start none (a deploy will)"
+    )
+    s.set_defaults(func=cmd_processes)
     s = sub.add_parser("prune", help="remove old releases and unused wheelhouses")
     s.add_argument("app")
     s.add_argument("--keep", type=int)
@@ -1411,6 +1630,9 @@ def main(argv: list[str] | None, config_dir: str) -> int:
     """Run one command; config_dir is where <app>/release.json live (the wrapper names it)."""
     args = parser().parse_args(argv)
     args.config_dir = Path(config_dir)
+    # The releases it unpacks and the venvs it builds must be readable by the app's user,
+    # whatever umask the login that ran it had (the host role's login umask is 027).
+    os.umask(0o022)
     if args.command != "run":  # run's command is the client's: it goes with it
         # The client may go away (Ctrl-C, a dropped connection) at any time: the tool finishes
         # what it started, or undoes it, and the history says which.

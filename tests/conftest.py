@@ -24,8 +24,13 @@ def run_site(tmp_path):
     role that changes a host started (task order is the same without --check).
     """
 
-    def run(group_vars: dict, groups: dict | None = None) -> subprocess.CompletedProcess:
-        """groups: {group: host vars of "badinput" in it} (default: the flaskstack group)."""
+    def run(
+        group_vars: dict, groups: dict | None = None, others: dict | None = None, env_more: dict | None = None
+    ) -> subprocess.CompletedProcess:
+        """groups: {group: host vars of "badinput" in it} (default: the flaskstack group);
+        others: {group: [more hosts in it]} (this machine too); env_more: more environment for
+        the run (the local connection passes it on to the host's commands: SSH_CONNECTION,
+        HOME play an SSH login's)."""
         inventory = tmp_path / "inventory"
         (inventory / "group_vars").mkdir(parents=True)
         local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
@@ -33,6 +38,8 @@ def run_site(tmp_path):
             group: {"hosts": {"badinput": {**local, **more}}}
             for group, more in (groups or {"flaskstack": {}}).items()
         }
+        for group, names in (others or {}).items():
+            hosts.setdefault(group, {"hosts": {}})["hosts"].update({name: dict(local) for name in names})
         (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
         (inventory / "group_vars" / "all.yml").write_text(yaml.safe_dump(group_vars))
         env = dict(
@@ -42,6 +49,9 @@ def run_site(tmp_path):
             FLASKSTACK_CACHE_DIR=str(tmp_path / "cache"),
             PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         )
+        # Not this machine's own SSH session, if any: the host checks read SSH_CONNECTION.
+        env.pop("SSH_CONNECTION", None)
+        env.update(env_more or {})
         return subprocess.run(
             [BIN / "ansible-playbook", "site.yml", "-i", str(inventory), "--check"],
             cwd=ROOT,

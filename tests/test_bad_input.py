@@ -17,7 +17,12 @@ APP = {
     "static_dir": "hello/static",
 }
 
-CHANGING_ROLES = ("base", "nginx", "python", "app", "appserver")
+# The first task of each role that changes a host (the host role's checks run in the
+# flaskstack role's, before any change: its other task files are the changing ones).
+CHANGING_TASKS = tuple(
+    f"TASK [{role} :" for role in ("base", "nginx", "python", "app", "appserver", "postgresql", "redis")
+)
+CHANGING_TASKS += tuple(f"TASK [host : {part} |" for part in ("firewall", "ssh", "updates", "system"))
 
 
 def app(**changes):
@@ -221,6 +226,88 @@ CASES = {
         {"flaskstack_apps": [app(database="mysql", database_password="secret-value")]},
         r"database.*mysql|mysql.*database",
     ),
+    "a worker with an empty command": (
+        {"flaskstack_apps": [app(workers=[{"name": "worker", "command": "  "}])]},
+        r"flaskstack_apps\[0\]\.workers\[0\]\.command \(hello, worker\) is \" *\": give the command to run",
+    ),
+    "a worker command with an unbalanced quote": (
+        {"flaskstack_apps": [app(workers=[{"name": "worker", "command": "celery -A 'hello worker"}])]},
+        r"flaskstack_apps\[0\]\.workers\[0\]\.command \(hello, worker\) is .*quotes balanced",
+    ),
+    "a worker command with a line break (a directive of its own in the unit)": (
+        {"flaskstack_apps": [app(workers=[{"name": "worker", "command": "sh -c 'rq worker\nUser=root'"}])]},
+        r"flaskstack_apps\[0\]\.workers\[0\]\.command \(hello, worker\) is .*: "
+        r"give the command to run on one line",
+    ),
+    "two apps sharing Redis in one database": (
+        {
+            "flaskstack_apps": [
+                app(broker="redis", broker_password="secret-value"),
+                app(
+                    name="shop",
+                    server_names=["shop.example.com"],
+                    broker="redis",
+                    broker_password="secret-value",
+                ),
+            ]
+        },
+        r"broker_db is 0 for flaskstack_apps\[0\] \(hello\) and flaskstack_apps\[1\] \(shop\): "
+        r"apps that share Redis need a database each",
+    ),
+    "two processes of one app with one name": (
+        {
+            "flaskstack_apps": [
+                app(
+                    workers=[{"name": "jobs", "command": "rq worker"}],
+                    timers=[{"name": "jobs", "command": "flask purge", "on_calendar": "daily"}],
+                )
+            ]
+        },
+        r"flaskstack_apps\[0\]\.timers\[0\] \(hello\)\.name is \"jobs\", which another of the app's workers "
+        r"or timers has",
+    ),
+    "a worker whose unit is another app's": (
+        {
+            "flaskstack_apps": [
+                app(workers=[{"name": "api", "command": "rq worker"}]),
+                app(name="hello-api", server_names=["api.example.com"]),
+            ]
+        },
+        r"flaskstack_apps\[0\]\.workers\[0\]\.name is \"api\": its unit hello-api is the app hello-api's too",
+    ),
+    "a worker with no instance": (
+        {"flaskstack_apps": [app(workers=[{"name": "worker", "command": "rq worker", "count": 0}])]},
+        r"flaskstack_apps\[0\]\.workers\[0\]\.count is 0: run 1 to 64 instances \(hello, worker\)",
+    ),
+    "a worker stopped by an unknown signal": (
+        {
+            "flaskstack_apps": [
+                app(workers=[{"name": "worker", "command": "rq worker", "stop_signal": "SIGSTOP"}])
+            ]
+        },
+        r"flaskstack_apps\[0\]\.workers\[0\]\.stop_signal is \"SIGSTOP\": use one of SIGTERM",
+    ),
+    "a timer without a calendar": (
+        {"flaskstack_apps": [app(timers=[{"name": "purge", "command": "flask purge"}])]},
+        r"flaskstack_apps\[0\]\.timers\[0\]\.on_calendar is null: give a systemd calendar expression",
+    ),
+    "a calendar that systemd rejects": (
+        {
+            "flaskstack_apps": [
+                app(timers=[{"name": "purge", "command": "flask purge", "on_calendar": "nightly"}])
+            ]
+        },
+        r"flaskstack_apps\[0\]\.timers\[0\]\.on_calendar \(hello, purge\) is \"nightly\", "
+        r"which systemd rejects",
+    ),
+    "a broker without its password": (
+        {"flaskstack_apps": [app(broker="redis")]},
+        r"flaskstack_apps\[0\]\.broker_password \(hello\) is not set",
+    ),
+    "an unknown broker": (
+        {"flaskstack_apps": [app(broker="rabbitmq", broker_password="secret-value")]},
+        r"broker.*rabbitmq|rabbitmq.*broker",
+    ),
     "a rolling deploy's batch that is no count of hosts": (
         {"flaskstack_apps": [app()], "flaskstack_batch": "150%"},
         r"flaskstack_batch is \"150%\": it must be a number of hosts \(1, 2, ...\) or a percentage "
@@ -238,6 +325,10 @@ GROUP_CASES = {
     "an app host behind a load balancer without an address": (
         {"flaskstack_lb": {}, "flaskstack": {}},
         r"badinput: flaskstack_private_address is not set; with load balancers",
+    ),
+    "a scheduler host that is not an app host": (
+        {"flaskstack": {"flaskstack_scheduler_host": "app9"}},
+        r"flaskstack_scheduler_host is \"app9\", which is not a host of the group flaskstack \(badinput\)",
     ),
     "an address that is not one": (
         {"flaskstack_lb": {"flaskstack_private_address": "app-one.lan"}, "flaskstack": {}},
@@ -261,6 +352,113 @@ def test_a_database_with_no_database_host_stops_before_any_change(run_site):
     )
 
 
+def test_a_scheduler_on_two_app_hosts_needs_its_host_named(run_site):
+    """With the first host of the group as the default, adding or reordering a host would
+    move Celery beat without anyone asking."""
+    beat = app(workers=[{"name": "beat", "command": "celery -A hello.make_celery beat", "scheduler": True}])
+    result = run_site({"flaskstack_apps": [beat]}, others={"flaskstack": ["another"]})
+    stopped_before_any_change(
+        result,
+        r"flaskstack_apps hello have a scheduler worker or a timer for one host: with more than one app "
+        r"host, set flaskstack_scheduler_host",
+    )
+
+
+def test_a_broker_shared_by_two_app_hosts_needs_a_redis_host(run_site):
+    """Each app host's own Redis would split the queues: a job queued on one host would be
+    done, and its result kept, on that host only."""
+    broker = app(broker="redis", broker_password="secret-value")
+    result = run_site({"flaskstack_apps": [broker]}, others={"flaskstack": ["another"]})
+    stopped_before_any_change(
+        result,
+        r"flaskstack_apps hello ask for a broker \(broker: redis\): with more than one app host the "
+        r"inventory group flaskstack_redis must have one host .* and has none",
+    )
+
+
+# The host baseline (roles/host) against what the host says about Ansible's own login: the
+# local connection passes SSH_CONNECTION and HOME on, as sshd would set them.
+SSH_LOGIN = {"SSH_CONNECTION": "10.0.0.5 50412 10.0.0.9 22"}
+HOST_CASES = {
+    "a firewall that closes the SSH port Ansible came in on": (
+        {"host_ssh_port": 2200},
+        {},
+        r"host_ssh_port is 2200, but Ansible's own SSH connection reached this host on port 22: "
+        r"the firewall would close the port Ansible uses",
+    ),
+    "a firewall that lets SSH in from elsewhere only": (
+        {"host_firewall_ssh_from": ["192.168.0.0/16", "2001:db8::/32"]},
+        {},
+        r"host_firewall_ssh_from is 192.168.0.0/16, 2001:db8::/32, and Ansible's own SSH connection "
+        r"comes from 10.0.0.5: the firewall would shut Ansible out",
+    ),
+    "a port that is not one": (
+        {"host_firewall_allow": [{"port": 70000, "from": ["10.0.0.0/8"]}]},
+        {},
+        r"host_firewall_allow\[0\]\.port is 70000, not a port number",
+    ),
+    "a rule that could close the chain": (
+        {"host_firewall_rules": ["tcp dport 9100 accept; }"]},
+        {},
+        r"host_firewall_rules\[0\] is .*: one nftables rule per entry, on one line",
+    ),
+    "password logins off for a user with no key": (
+        {},
+        {"HOME": "no-keys"},
+        r"the user Ansible connects as, has no key in ~/.ssh/authorized_keys, and host_ssh turns "
+        r"password logins off: it would lock itself out",
+    ),
+    "password logins off for a user who logs in with one": (
+        {"ansible_password": "secret-value"},
+        {},
+        r"with a password \(ansible_password\), and host_ssh turns password logins off",
+    ),
+    "SSH allowed to other users only": (
+        {"host_ssh_allow_users": ["someone-else"]},
+        {},
+        r"host_ssh_allow_users is someone-else, without .*, the user Ansible connects as: it would "
+        r"lock itself out",
+    ),
+    "an unknown kernel setting": (
+        {"host_sysctl_settings": {"net.ipv4.tcp_no_such_setting": 1}},
+        {},
+        r'host_sysctl_settings\["net.ipv4.tcp_no_such_setting"\]: this host\'s kernel has no such setting',
+    ),
+}
+
+
+@pytest.mark.parametrize("group_vars, env, message", HOST_CASES.values(), ids=HOST_CASES.keys())
+def test_a_host_baseline_that_would_lock_out_stops_before_any_change(
+    run_site, tmp_path, group_vars, env, message
+):
+    """Over SSH (as the local connection plays it), with a key for the user unless a case says."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "authorized_keys").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE0 deploy@laptop\n")
+    login = {**SSH_LOGIN, "HOME": str(home), **env}
+    if login["HOME"] == "no-keys":  # a home of its own with no .ssh (Ansible writes ~/.ansible there)
+        (tmp_path / "bare-home").mkdir()
+        login["HOME"] = str(tmp_path / "bare-home")
+    stopped_before_any_change(run_site({"flaskstack_apps": [app()], **group_vars}, env_more=login), message)
+
+
+def test_the_host_baseline_passes_its_checks_with_a_key_and_the_right_port(run_site, tmp_path):
+    """The same login with nothing wrong: the checks pass (the run goes on to the roles)."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "authorized_keys").write_text(
+        "# the deploy key\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE0 deploy\n"
+    )
+    result = run_site(
+        {"flaskstack_apps": [app()], "host_firewall_ssh_from": ["10.0.0.0/8"]},
+        env_more={**SSH_LOGIN, "HOME": str(home)},
+    )
+    output = result.stdout + result.stderr
+    assert "host : check | Refuse a baseline" in output, output[-3000:]
+    assert "would lock itself out" not in output and "would close the port" not in output, output[-3000:]
+    assert "TASK [base :" in output, output[-3000:]
+
+
 @pytest.mark.parametrize("group_vars, message", CASES.values(), ids=CASES.keys())
 def test_bad_input_stops_before_any_change(run_site, group_vars, message):
     stopped_before_any_change(run_site(group_vars), message)
@@ -272,8 +470,8 @@ def stopped_before_any_change(result, message: str) -> None:
     # Ansible wraps long messages: compare with the white space folded.
     assert re.search(message, " ".join(output.split())), output
     # It stopped inside the flaskstack role, before a role that changes a host began.
-    for role in CHANGING_ROLES:
-        assert f"TASK [{role} :" not in output, f"role {role} ran:\n{output}"
+    for task in CHANGING_TASKS:
+        assert task not in output, f"{task} ran:\n{output}"
     recap = re.search(r"badinput\s*:\s*ok=\d+\s+changed=(\d+)", output)
     assert recap and recap.group(1) == "0", output
     assert "secret-value" not in output

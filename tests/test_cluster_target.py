@@ -120,23 +120,25 @@ def test_the_load_balancer_spreads_requests_over_every_app_host(cluster):
 
 
 def test_an_app_host_answers_the_load_balancer_only(cluster):
-    """Checked on the connecting address, whatever X-Forwarded-For says."""
+    """Checked on the connecting address, whatever X-Forwarded-For says: app1's firewall lets
+    the load balancer in and drops app2's connection; behind it nginx's allow list answers
+    403 to anyone else (app1 itself, over its private address: loopback to the firewall)."""
     ask = (
         "python3 -c 'import sys, urllib.request, urllib.error\n"
         'r = urllib.request.Request("http://10.87.0.11:8081/healthz",\n'
         '    headers={"Host": "localhost", "X-Forwarded-For": "203.0.113.7"})\n'
         "try: print(urllib.request.urlopen(r, timeout=10).status)\n"
-        "except urllib.error.HTTPError as e: print(e.code)'"
+        "except urllib.error.HTTPError as e: print(e.code)\n"
+        "except OSError as e: print(e)'"
     )
-    from_lb = subprocess.run(
-        ["docker", "exec", "flaskstack-lb", "sh", "-c", ask], capture_output=True, text=True
-    )
-    from_app = subprocess.run(
-        ["docker", "exec", "flaskstack-app2", "sh", "-c", ask], capture_output=True, text=True
-    )
-    assert (from_lb.stdout.strip(), from_app.stdout.strip()) == ("200", "403"), (
-        from_lb.stderr + from_app.stderr
-    )
+    answers = {
+        name: subprocess.run(["docker", "exec", name, "sh", "-c", ask], capture_output=True, text=True)
+        for name in ("flaskstack-lb", "flaskstack-app2", "flaskstack-app1")
+    }
+    said = {name: result.stdout.strip() for name, result in answers.items()}
+    assert said["flaskstack-lb"] == "200", said
+    assert "timed out" in said["flaskstack-app2"], said
+    assert said["flaskstack-app1"] == "403", said
 
 
 def test_an_app_host_stopped_and_started_under_load_costs_no_request(cluster):
@@ -177,6 +179,9 @@ def test_fab_status_shows_each_app_host_in_the_pool(cluster):
     assert result.returncode == 0, result.output
     for name in APP_HOSTS:
         assert f"[{name}] pool     lb: in" in result.stdout
+    # The load balancer's own account of its pool agrees: its one app, every app host in.
+    pool = json.loads(on_target("flaskstack-pool status --json", port=2240).stdout)
+    assert pool == {"hello": {name: {"in_pool": True} for name in APP_HOSTS}}
 
 
 def test_a_rolling_fab_deploy_under_load_costs_no_request(cluster, tmp_path):
@@ -365,6 +370,15 @@ def test_the_database_takes_the_app_hosts_only_and_over_tls(cluster):
         port=2244,
     ).stdout.split()
     assert ssl_rows and set(ssl_rows) == {"t"}, ssl_rows
+    # In front of pg_hba, the database host's firewall: an app host connects, the load
+    # balancer gets no connection at all.
+    connect = (
+        "python3 -c 'import socket; "
+        'socket.create_connection(("10.87.0.20", 5432), timeout=5); print("connected")\''
+    )
+    assert on_target(connect, port=2241).stdout.strip() == "connected"
+    from_lb = on_target(connect, port=2240, check=False)
+    assert from_lb.returncode != 0 and "timed out" in from_lb.stderr, from_lb
 
 
 def test_the_nightly_dump_runs_and_restores(cluster):

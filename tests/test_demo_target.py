@@ -63,7 +63,7 @@ def test_target_is_a_systemd_host_reached_over_ssh(demo_runs):
         [
             "ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={ssh / 'known_hosts'}",
             "-o", "StrictHostKeyChecking=yes", "-i", str(ssh / "id_ed25519"), "-p", "2222",
-            "root@127.0.0.1", "cat /proc/1/comm; systemctl is-active nginx.service hello.service",
+            "deploy@127.0.0.1", "cat /proc/1/comm; systemctl is-active nginx.service hello.service",
         ],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
@@ -75,6 +75,8 @@ def test_secrets_never_appear_in_verbose_check_diff_output(demo_runs):
     """-vvv --check --diff shows everything Ansible is willing to show: no secret value in it."""
     secret = (ROOT / ".demo" / "secrets" / "hello_secret_key").read_text().strip()
     assert len(secret) >= 32
+    broker = (ROOT / ".demo" / "secrets" / "hello_broker_password").read_text().strip()
+    assert len(broker) >= 32
     result = subprocess.run(
         [ROOT / ".venv/bin/ansible-playbook", "site.yml", "-i", "inventory/local",
          "-vvv", "--check", "--diff"],
@@ -85,6 +87,8 @@ def test_secrets_never_appear_in_verbose_check_diff_output(demo_runs):
     assert changed_count(output, "demo") == 0
     assert "FLASK_SECRET_KEY" in output  # the key's name may show; its value may not
     assert secret not in output
+    assert "REDIS_URL" in output or "broker_password" in output
+    assert broker not in output
 
 
 def test_a_broken_nginx_setting_never_goes_live(demo_runs):
@@ -92,7 +96,7 @@ def test_a_broken_nginx_setting_never_goes_live(demo_runs):
     ssh = ROOT / ".demo" / "ssh"
     read_site = [
         "ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={ssh / 'known_hosts'}",
-        "-i", str(ssh / "id_ed25519"), "-p", "2222", "root@127.0.0.1",
+        "-i", str(ssh / "id_ed25519"), "-p", "2222", "deploy@127.0.0.1",
         "cat /etc/nginx/sites-available/hello.conf",
     ]  # fmt: skip
     before = subprocess.run(read_site, capture_output=True, text=True, timeout=60, check=True).stdout
@@ -110,6 +114,35 @@ def test_a_broken_nginx_setting_never_goes_live(demo_runs):
         assert response.status == 200
 
 
+def test_a_firewall_that_shuts_ssh_out_undoes_itself(demo_runs):
+    """A rule of the inventory's own that drops new SSH connections: Ansible cannot connect
+    through the new rules, so it never confirms them, and the host puts the old ones back by
+    itself. The run fails saying so; SSH and the site work as before; the next good run
+    applies the good rules."""
+    site = [str(ROOT / ".venv/bin/ansible-playbook"), "site.yml", "-i", "inventory/local"]
+    bad = {"host_firewall_rules": ["tcp dport 22 drop"], "host_firewall_confirm_timeout": 25}
+    before = on_target("nft list table inet flaskstack").stdout
+    result = subprocess.run(
+        [*site, "-e", json.dumps(bad)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0, output[-3000:]
+    assert (
+        "The new firewall (/etc/nftables.conf) was not kept on demo: no new SSH connection got through it"
+        in output
+    )
+    assert "the host put the previous rules back by itself, and Ansible reached it again" in output
+    # Reached over a new SSH connection: the rules in force are the old ones, on disk too.
+    assert on_target("nft list table inet flaskstack").stdout == before
+    assert "dport 22 drop" not in on_target("cat /etc/nftables.conf").stdout
+    assert "not confirmed" in on_target("journalctl -u flaskstack-firewall-rollback --no-pager -n 20").stdout
+    with urllib.request.urlopen(URL + "/healthz", timeout=10) as response:
+        assert response.status == 200
+    again = subprocess.run(site, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "Managed by flaskstack" in on_target("cat /etc/nftables.conf").stdout
+
+
 def test_every_rendered_file_names_its_template(demo_runs):
     """A file found on the server leads to its template in one step: the header names it."""
     # Only the header lines: app.env holds a secret below its header.
@@ -123,11 +156,26 @@ def test_every_rendered_file_names_its_template(demo_runs):
         "/etc/nginx/sites-available/hello.conf": "templates/etc/nginx/sites-available/app.conf.j2",
         "/etc/systemd/system/hello.socket": "templates/etc/systemd/system/app.socket.j2",
         "/etc/systemd/system/hello.service": "templates/etc/systemd/system/app.service.j2",
+        # The demo's worker, scheduler and timer (one template with the web unit), and Redis.
+        "/etc/systemd/system/hello-worker@.service": "templates/etc/systemd/system/app.service.j2",
+        "/etc/systemd/system/hello-scheduler@.service": "templates/etc/systemd/system/app.service.j2",
+        "/etc/systemd/system/hello-purge.service": "templates/etc/systemd/system/app.service.j2",
+        "/etc/systemd/system/hello-purge.timer": "templates/etc/systemd/system/app.timer.j2",
+        "/etc/redis/flaskstack.conf": "templates/etc/redis/flaskstack.conf.j2",
         "/etc/flaskstack/hello/app.env": "templates/etc/flaskstack/app/app.env.j2",
         "/etc/flaskstack/hello/gunicorn.conf.py": "templates/etc/flaskstack/app/gunicorn.conf.py.j2",
         "/etc/flaskstack/hello/release.json": "templates/etc/flaskstack/app/release.json.j2",
         "/usr/local/sbin/flaskstack-nginx-check": "templates/usr/local/sbin/flaskstack-nginx-check.j2",
         "/usr/local/sbin/flaskstack-release": "templates/usr/local/sbin/flaskstack-release.j2",
+        # The host baseline's and nginx's unit drop-in.
+        "/etc/nftables.conf": "templates/etc/nftables.conf.j2",
+        "/usr/local/sbin/flaskstack-firewall": "templates/usr/local/sbin/flaskstack-firewall.j2",
+        "/etc/ssh/sshd_config.d/00-flaskstack.conf": "templates/etc/ssh/sshd_config.d/00-flaskstack.conf.j2",
+        "/etc/sysctl.d/90-flaskstack.conf": "templates/etc/sysctl.d/90-flaskstack.conf.j2",
+        "/etc/apt/apt.conf.d/52flaskstack-upgrades": "templates/etc/apt/apt.conf.d/52flaskstack-upgrades.j2",
+        "/etc/systemd/system/nginx.service.d/flaskstack.conf": (
+            "templates/etc/systemd/system/nginx.service.d/flaskstack.conf.j2"
+        ),
     }
     for path, template in expected.items():
         assert path in headers, f"{path} has no flaskstack header: {sorted(headers)}"

@@ -22,7 +22,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.appvariants import adds_requirement, breaks_health, fails_when_served, lists_interfaces, variant
+from bench.appvariants import (
+    adds_requirement,
+    breaks_health,
+    breaks_worker,
+    fails_when_served,
+    lists_interfaces,
+    variant,
+)
 from bench.traffic import Load
 from tests.targets import on_target, run
 
@@ -208,6 +215,69 @@ def test_a_release_that_passes_its_gates_but_not_its_socket_is_switched_back(dem
     assert last_actions() == ["pending", "auto-rollback"]
 
 
+def job(numbers: list[int], seconds: float = 0) -> str:
+    """Queue a job through nginx (POST /jobs); its id."""
+    request = urllib.request.Request(
+        URL + "/jobs", data=json.dumps({"numbers": numbers, "seconds": seconds}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+        return json.loads(response.read())["id"]
+
+
+def job_done(job_id: str, seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        with urllib.request.urlopen(f"{URL}/jobs/{job_id}", timeout=10) as response:
+            body = json.loads(response.read())
+        if body["state"] in ("SUCCESS", "FAILURE") or time.monotonic() > deadline:
+            return body
+        time.sleep(0.5)
+
+
+def test_a_deploy_while_a_job_runs_lets_it_finish_then_jobs_run_on_the_new_release(demo, tmp_path):
+    """The worker is restarted after the new release answers, gracefully: the running job
+    ends on the release it started on (not killed), the next one runs on the new release."""
+    live = live_release()
+    running = job([40, 2], seconds=12)
+    deadline = time.monotonic() + 20
+    while "hello.tasks.slow_sum" not in on_target("journalctl -u hello-worker@1 -n 20 -o cat").stdout:
+        assert time.monotonic() < deadline, "the worker never took the job"
+        time.sleep(0.5)
+    result = fab("deploy", "--app", "hello", "--src", str(variant(tmp_path, f"jobs-{RUN}")))
+    assert result.returncode == 0, result.output
+    new = live_release()
+    assert new != live
+    # The restart waited for the job: the workers step took most of its 12 seconds.
+    took = float(re.search(r"\[demo\]\s+workers\s+ok\s+(\d+\.\d\d)s", result.stdout).group(1))
+    assert took > 5, result.stdout
+    done = job_done(running, 30)
+    assert done["state"] == "SUCCESS" and done["result"]["sum"] == 42, done
+    assert done["result"]["release"] == live
+    after = job_done(job([1, 1]), 30)
+    assert after["state"] == "SUCCESS" and after["result"]["release"] == new, after
+
+
+def test_a_release_whose_worker_does_not_start_is_switched_back(demo, tmp_path):
+    """The web app passes every gate and its health check; the release's workers fail to
+    start: the release is switched back, workers and all, and the deploy fails saying so."""
+    before, live = page(), live_release()
+    result = fab(
+        "deploy", "--app", "hello", "--src", str(variant(tmp_path, f"noworker-{RUN}", breaks_worker))
+    )
+    assert result.returncode == 1, result.output
+    # Whichever of its two Celery processes (the worker, beat) fails first.
+    assert re.search(
+        r"worker hello-(worker|scheduler)@1\.service did not stay up after its restart", result.output
+    )
+    assert "this release's worker cannot start" in result.output  # its own words, from its journal
+    assert f"switched back to {live}, which answers" in result.output
+    assert page() == before and live_release() == live
+    done = job_done(job([3, 4]), 30)
+    assert done["state"] == "SUCCESS" and done["result"]["release"] == live, done
+
+
 def test_the_client_killed_after_the_switch_leaves_a_checked_release(demo, tmp_path):
     """fab killed (SIGKILL) once the host switched: the tool on the host goes on, finds the
     new release failing its health and switches back; the lock fab could not release is
@@ -216,23 +286,30 @@ def test_the_client_killed_after_the_switch_leaves_a_checked_release(demo, tmp_p
     src = variant(tmp_path, f"killed-{RUN}", fails_when_served)
     client = subprocess.Popen([FAB, "deploy", "--app", "hello", "--src", str(src)], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while live_release() == live and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert live_release() != live, "the deploy never switched"
-    client.kill()
-    client.wait()
-    deadline = time.monotonic() + 90
-    while live_release() != live and time.monotonic() < deadline:
-        time.sleep(1)
-    assert live_release() == live and page() == before
-    assert "auto-rollback" in last_actions(3)
-    status = fab("status")
-    assert "locked for a deploy by fab deploy by" in status.output, status.output
-    refused = fab("deploy")
-    assert refused.returncode == 1 and "locked for a deploy by fab deploy by" in refused.output
-    released = fab("unlock", "--force")
-    assert released.returncode == 0 and "released" in released.output, released.output
+    try:
+        deadline = time.monotonic() + 120
+        while live_release() == live and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert live_release() != live, "the deploy never switched"
+        client.kill()
+        client.wait()
+        # The tool's own end: the switch back recorded (after the web and its workers are
+        # back on the old release; a busy machine takes a while).
+        # (The last line: an earlier test's auto-rollback may be among the lines before it.)
+        deadline = time.monotonic() + 150
+        while last_actions(1) != ["auto-rollback"] and time.monotonic() < deadline:
+            time.sleep(1)
+        assert last_actions(1) == ["auto-rollback"]
+        assert live_release() == live and page() == before
+        status = fab("status")
+        assert "locked for a deploy by fab deploy by" in status.output, status.output
+        refused = fab("deploy")
+        assert refused.returncode == 1 and "locked for a deploy by fab deploy by" in refused.output
+        released = fab("unlock", "--force")
+        assert released.returncode == 0 and "released" in released.output, released.output
+    finally:  # a failure above leaves no lock to the tests after it
+        client.kill()
+        fab("unlock", "--force")
 
 
 def test_two_deploys_at_once_one_waits_its_turn(demo, tmp_path):
@@ -322,9 +399,10 @@ def test_the_app_server_killed_under_load_loses_only_requests_in_flight(demo):
     time.sleep(3)
     load.stop()
     assert main_pid() not in (killed, "0")
-    # Real load: at least the 2 s before the kill at half the pace (clients wait while the
-    # app server comes back, longer on a busy machine: CI saw 9 s and 187 requests).
-    assert load.sent > 80 and len(load.failures) <= 4, (load.sent, load.failures)
+    # Real load: at least the 2 s before the kill at a quarter of the pace (clients wait while
+    # the app server comes back, longer on a busy machine: CI saw 187 requests, and 65 once
+    # the demo ran its Celery worker and beat beside it).
+    assert load.sent > 40 and len(load.failures) <= 4, (load.sent, load.failures)
     assert answer("localhost") == 200
 
 
@@ -351,8 +429,13 @@ def test_a_second_app_added_under_load_leaves_the_first_alone(demo, tmp_path):
     (nginx reloads for the new site: a request it closes unanswered on an idle keep-alive
     connection is sent again by the load's client, as browsers do.)"""
     group_vars = yaml.safe_load((ROOT / "inventory/local/group_vars/flaskstack.yml").read_text())
+    # The first app's settings, without its workers and broker (an app of its own).
+    first = {
+        k: v for k, v in group_vars["flaskstack_apps"][0].items()
+        if k not in ("broker", "broker_password", "workers", "timers")
+    }  # fmt: skip
     second = {
-        **group_vars["flaskstack_apps"][0],
+        **first,
         "name": "second",
         "server_names": ["second.localhost"],
         "env": {"FLASK_INSTANCE_PATH": "/srv/second/shared/data"},
@@ -431,3 +514,26 @@ def test_a_torn_history_line_is_skipped_and_said(demo, tmp_path):
     assert deployed.returncode == 0, deployed.output
     assert fab("rollback").returncode == 0 and live_release() == live
     assert last_actions(4) == ["pending", "deploy", "pending", "rollback"]
+
+
+def test_status_and_logs_cover_the_workers_and_timers(demo):
+    status = fab("status")
+    assert status.returncode == 0, status.output
+    line = re.search(r"^\[demo\] processes (.*)$", status.stdout, re.MULTILINE).group(1)
+    for unit in (
+        "hello-worker@1.service active",
+        "hello-scheduler@1.service active",
+        "hello-purge.timer active",
+    ):
+        assert unit in line, line
+    worker = fab("logs", "--process", "worker", "--lines", "50")
+    assert worker.returncode == 0 and " hello-worker[" in worker.stdout, worker.output
+    assert " gunicorn[" not in worker.stdout  # that worker's journal only
+    every = fab("logs", "--process", "all", "--lines", "200")
+    assert " hello-scheduler[" in every.stdout and " gunicorn[" in every.stdout, every.output
+    unknown = fab("logs", "--process", "mailer")
+    assert unknown.returncode == 2
+    assert (
+        "hello has no worker or timer named 'mailer' (it has: worker, scheduler, purge; or use all)"
+        in unknown.output
+    )

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from bench.appvariants import variant
-from tests.targets import connection, on_target, run, start_target
+from tests.targets import HOST_BASELINE_OFF, connection, on_target, run, start_target
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -76,7 +76,7 @@ def inventory(tmp_path_factory):
     }
     (folder / "group_vars").mkdir()
     (folder / "group_vars" / "flaskstack.yml").write_text(
-        yaml.safe_dump({"flaskstack_config_dir": CONFIG_DIR, "flaskstack_apps": [app]})
+        yaml.safe_dump({"flaskstack_config_dir": CONFIG_DIR, "flaskstack_apps": [app], **HOST_BASELINE_OFF})
     )
     (folder / "templates" / "snippets").mkdir(parents=True)
     (folder / "templates" / "snippets" / "hello.conf.j2").write_text(

@@ -273,3 +273,75 @@ def test_fab_checks_each_app_with_its_own_source(tmp_path):
         f"flaskstack_apps[1].requirements (two): {other}/requirements.txt does not exist, "
         "and there is no pyproject.toml with a [project] table."
     ]
+
+
+def test_workers_and_timers_become_units_and_only_the_scheduler_host_runs_the_scheduler():
+    app = {
+        "name": "shop",
+        "workers": [
+            {"name": "worker", "command": "celery -A shop.tasks worker -n w{instance}@%h", "count": 2},
+            {"name": "beat", "command": "celery -A shop.tasks beat", "scheduler": True},
+        ],
+        "timers": [
+            {"name": "purge", "command": "flask --app shop purge", "on_calendar": "daily"},
+            {"name": "tmp", "command": "sh -c 'rm -f /tmp/x*'", "on_calendar": "hourly", "every_host": True},
+        ],
+    }
+    here = model.processes(app, scheduler_here=True)
+    assert here["worker_units"] == ["shop-worker@1.service", "shop-worker@2.service", "shop-beat@1.service"]
+    assert here["timer_units"] == ["shop-purge.timer", "shop-tmp.timer"]
+    elsewhere = model.processes(app, scheduler_here=False)
+    assert elsewhere["worker_units"] == ["shop-worker@1.service", "shop-worker@2.service"]
+    assert elsewhere["timer_units"] == ["shop-tmp.timer"]
+    assert elsewhere["process_unit_files"] == [
+        "/etc/systemd/system/shop-worker@.service",
+        "/etc/systemd/system/shop-tmp.service",
+        "/etc/systemd/system/shop-tmp.timer",
+    ]
+    worker = here["workers"][0]
+    # Arguments quoted for systemd; {instance} is the instance, Celery's %h stays Celery's.
+    assert worker["exec"] == '"celery" "-A" "shop.tasks" "worker" "-n" "w%i@%%h"'
+    assert (worker["stop_signal"], worker["stop_timeout"]) == ("SIGTERM", 300)
+    assert here["timers"][1]["exec"] == '"sh" "-c" "rm -f /tmp/x*"'
+
+
+def test_systemd_quote_keeps_an_argument_whole():
+    assert model.systemd_quote('say "hi" $HOME 100%\\n') == '"say \\"hi\\" $$HOME 100%%\\\\n"'
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"workers": "celery worker"}, r"workers \(shop\) is not a list"),
+        (
+            {"workers": [{"name": "w", "command": "x", "nice": 5}]},
+            r'workers\[0\] \(shop\) has unknown keys \["nice"\]',
+        ),
+        ({"workers": [{"name": "W", "command": "x"}]}, r'workers\[0\] \(shop\)\.name is "W"'),
+        ({"workers": [{"name": "w", "command": "x", "stop_timeout": 0}]}, r"stop_timeout is 0"),
+        ({"workers": [{"name": "w", "command": "x", "scheduler": "yes"}]}, r'scheduler is "yes"'),
+        (
+            {"timers": [{"name": "t", "command": "x", "on_calendar": "daily", "random_delay": -1}]},
+            r"random_delay is -1",
+        ),
+        ({"broker": "redis", "broker_password": "pw", "broker_db": 16}, r"broker_db \(shop\) is 16"),
+        (
+            {"broker": "redis", "broker_password": "pw", "broker_env": "A", "env": {"A": "1"}},
+            r"broker_env \(shop\) is A",
+        ),
+    ],
+)
+def test_malformed_processes_and_brokers_are_named(raw, message):
+    import yaml
+
+    defaults = yaml.safe_load((ROOT / "roles/flaskstack/defaults/main.yml").read_text())[
+        "flaskstack_app_defaults"
+    ]
+    app = {
+        "name": "shop",
+        "src": str(ROOT / "app"),
+        "entry_point": "hello:create_app()",
+        "server_names": ["a"],
+    }
+    errors = model.app_errors([{**app, **raw}], defaults)
+    assert errors and re.search(message, errors[0]), errors

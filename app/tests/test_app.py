@@ -129,3 +129,37 @@ def test_migrations_adopt_a_database_made_by_create_all(app):
     with app.app_context():
         upgrade()
         assert db.session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+
+
+def test_a_job_is_queued_and_read_back(tmp_path):
+    from hello.tasks import celery_config
+
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test",
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'test.db'}",
+            # A broker is configured; Celery runs the job in this process (no worker).
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "CELERY": {**celery_config(None), "task_always_eager": True, "task_store_eager_result": True},
+        }
+    )
+    client = app.test_client()
+    queued = client.post("/jobs", json={"numbers": [2, 3, 4]})
+    assert queued.status_code == 202
+    job = client.get(f"/jobs/{queued.get_json()['id']}").get_json()
+    assert job["state"] == "SUCCESS"
+    assert job["result"]["sum"] == 9
+    assert job["result"]["release"] == "development"
+    assert client.post("/jobs", json={"numbers": "x"}).status_code == 400
+
+
+def test_jobs_need_a_broker(client):
+    assert client.post("/jobs", json={}).status_code == 503
+
+
+def test_purge_visits_keeps_recent_ones(app):
+    client = app.test_client()
+    client.get("/")
+    result = app.test_cli_runner().invoke(args=["purge-visits", "--days", "1"])
+    assert "purged 0 visits older than 1 days" in result.output

@@ -194,3 +194,62 @@ def test_release_tool_reports_the_live_release_and_its_history(host):
     settings = host.file(f"/etc/flaskstack/{APP}/release.json")
     assert (settings.user, settings.mode) == ("root", 0o644)
     assert "SECRET" not in settings.content_string
+
+
+# The host baseline (the host role), as a user checks it.
+def test_nginx_own_unit_is_sandboxed_and_still_serves(host, http, exposure):
+    score, out = exposure("nginx.service")
+    assert score <= 3.0, out
+    assert host.service("nginx.service").is_running
+    capabilities = host.check_output("systemctl show -P CapabilityBoundingSet nginx.service").split()
+    assert "cap_net_bind_service" in capabilities and "cap_sys_admin" not in capabilities
+    # It still reloads (the deploy path's and certbot's way to new settings and certificates).
+    host.check_output("systemctl reload nginx.service")
+    assert http.get("/healthz")[0] == 200
+
+
+def test_the_firewall_lets_in_ssh_and_http_only(host):
+    rules = host.check_output("nft list table inet flaskstack")
+    assert "policy drop" in rules
+    assert re.search(r"tcp dport 22 accept", rules)
+    assert re.search(r"tcp dport 80 accept", rules)
+    assert "5432" not in rules and "8081" not in rules
+    assert host.service("nftables.service").is_enabled
+
+
+def test_ssh_takes_keys_only_with_modern_algorithms(host):
+    effective = host.check_output("sshd -T")
+    for setting in (
+        "passwordauthentication no",
+        "kbdinteractiveauthentication no",
+        "permitrootlogin without-password",
+        "x11forwarding no",
+        "allowtcpforwarding no",
+        "maxauthtries 3",
+        "loglevel VERBOSE",
+    ):
+        assert setting in effective, setting
+    ciphers = re.search(r"^ciphers (.*)$", effective, re.M).group(1).split(",")
+    assert ciphers[0] == "chacha20-poly1305@openssh.com" and not any("cbc" in c for c in ciphers)
+    # Post-quantum key exchange first: ML-KEM where this OpenSSH has it (Debian 13's 10.0),
+    # else Streamlined NTRU Prime (Debian 12's 9.2).
+    first_kex = re.search(r"^kexalgorithms ([^,\n]+)", effective, re.M).group(1)
+    if "mlkem768x25519-sha256" in host.check_output("ssh -Q kex").split():
+        assert first_kex == "mlkem768x25519-sha256"
+    else:
+        assert first_kex.startswith("sntrup761x25519-sha512")
+
+
+def test_security_updates_are_installed_every_day(host):
+    config = host.check_output("apt-config dump")
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in config
+    assert "Debian-Security" in config and 'label=Debian";' not in config
+    assert host.service("apt-daily-upgrade.timer").is_enabled
+    assert host.package("needrestart").is_installed
+
+
+def test_core_dumps_are_off_and_the_journal_persists(host):
+    assert "hard    core    0" in host.file("/etc/security/limits.d/flaskstack.conf").content_string
+    assert host.check_output("systemctl show -P DefaultLimitCORE") == "0"
+    assert host.file("/var/log/journal").is_directory
+    assert host.check_output("grep -h ^UMASK /etc/login.defs").split() == ["UMASK", "027"]

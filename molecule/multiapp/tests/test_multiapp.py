@@ -66,6 +66,14 @@ def test_apps_have_distinct_users_and_sockets(host):
         assert sock.is_socket and sock.user == app and sock.mode == 0o660
 
 
+TIMED_RESTART = r"""
+import subprocess, sys, time
+start = time.monotonic()
+subprocess.run(["systemctl", "restart", sys.argv[1]], check=True)
+print(round(time.monotonic() - start, 1))
+"""
+
+
 # A WebSocket client with the standard library only (the host is a bare VM):
 # handshake through nginx, one masked text frame, read the echo.
 WS_ECHO = r"""
@@ -111,7 +119,10 @@ def test_websocket_echo_through_nginx(host, app, worker):
 @pytest.mark.parametrize("app", ["hello", "shop"])
 def test_an_open_websocket_is_closed_going_away_and_does_not_hold_a_restart(host, app):
     """A deploy restarts the app server: its WebSockets get a close frame with code 1001 at
-    once, and the restart does not wait out graceful_timeout (30 s) for them."""
+    once, and the restart does not wait out graceful_timeout (30 s) for them: it takes about
+    as long as a restart with no WebSocket open, timed just before (on a loaded machine a
+    restart alone takes seconds)."""
+    plain = float(host.check_output(f"python3 -c '{TIMED_RESTART}' {app}.service"))
     out = host.check_output(f"python3 -c '{WS_ECHO}' {APPS[app][0]} 'hi' {app}.service")
     frame, closed, restarted, eof = out.splitlines()[-1].split()
     assert frame == "880203e9"  # FIN + close, 2 bytes: 1001 (going away)
@@ -123,4 +134,4 @@ def test_an_open_websocket_is_closed_going_away_and_does_not_hold_a_restart(host
             re.M,
         ).group(1)
     )
-    assert float(closed) < 5 and float(restarted) < graceful / 3, out
+    assert float(closed) < 5 and float(restarted) < plain + graceful / 3, (plain, out)

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 try:
+    from flaskstack import host as baseline
     from flaskstack import model, packaging, templates
 except ImportError:  # ansible-playbook from elsewhere: the package lies beside roles/
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    from flaskstack import host as baseline
     from flaskstack import model, packaging, templates
 
 
@@ -40,6 +42,27 @@ def batch_error(batch):
     return model.batch_error(batch)
 
 
+def public_ports(apps):
+    """The ports nginx answers the given apps on (each app's, model.app_ports), sorted."""
+    return sorted({port for app in apps for port in model.app_ports(dict(app))})
+
+
+def host_errors(settings, probe):
+    """Why the host baseline (roles/host) must not be applied to this host (flaskstack/host.py)."""
+    return baseline.baseline_errors(dict(settings), dict(probe))
+
+
+def sysctl(baseline_settings, settings, missing=None):
+    """The kernel settings to write: the baseline (less the keys this host lacks) with
+    host_sysctl_settings over it."""
+    return baseline.sysctl(dict(baseline_settings), dict(settings or {}), list(missing or []))
+
+
+def root_login(setting, user):
+    """sshd's PermitRootLogin for host_ssh_permit_root_login and the user Ansible connects as."""
+    return baseline.root_login(str(setting), str(user))
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -47,6 +70,10 @@ class FilterModule:
             "flaskstack_batch_error": batch_error,
             "flaskstack_git_note": git_note,
             "flaskstack_host": host,
+            "flaskstack_host_errors": host_errors,
+            "flaskstack_root_login": root_login,
+            "flaskstack_sysctl": sysctl,
+            "flaskstack_public_ports": public_ports,
             "flaskstack_python_settings": python_settings,
             "flaskstack_template_origin": templates.origin,
         }

@@ -22,7 +22,8 @@ description:
     use (flaskstack/model.py), and packages each present app's source as a release
     (content-hashed id, archive in the control node's cache). Secrets are left out.
   - Keyword arguments C(apps), C(defaults), C(root), C(config_dir), C(run_dir), C(server_packages),
-    C(worker_packages), C(cache_dir), C(health_host), C(base_dir) (the inventory's folder).
+    C(worker_packages), C(cache_dir), C(health_host), C(base_dir) (the inventory's folder),
+    C(scheduler_here) (this host runs the scheduler workers and the one-host timers).
 """
 
 
@@ -37,6 +38,7 @@ class LookupModule(LookupBase):
             worker_packages=dict(kwargs.get("worker_packages") or {}),
             health_host=kwargs.get("health_host") or "",
             base_dir=kwargs.get("base_dir"),
+            scheduler_here=bool(kwargs.get("scheduler_here", True)),
         )
         for app in apps:
             if app["state"] != "present":
