@@ -19,22 +19,11 @@ SSH = ROOT / ".demo" / "ssh"
 DEPLOY_USER = "deploy"
 
 
-# The host role's parts, off: for the suites whose target tests something else (another
-# layout, apps of other shapes). Each of their site.yml runs skips the baseline, which the
-# demo target, the cluster, the Molecule scenarios and the VM test with every part on; the
-# switches themselves are what a user sets to leave a part to their own tooling.
-HOST_BASELINE_OFF = {
-    "host_firewall": False,
-    "host_ssh": False,
-    "host_updates": False,
-    "host_sysctl": False,
-    "host_core_dumps_off": False,
-    "host_compilers_root_only": False,
-    "host_kernel_modules_off": [],
-    "host_logins": False,
-    "host_journal": False,
-    "host_time_sync": False,
-}
+# The host baseline off (host_baseline, each part's default): for the suites whose target
+# tests something else (another layout, apps of other shapes). Each of their site.yml runs
+# skips the baseline, which the demo target, the default and tls scenarios and the VM test
+# with every part on; the switch is what a user sets to leave it to their own tooling.
+HOST_BASELINE_OFF = {"host_baseline": False}
 
 
 def connection(port: int) -> dict:

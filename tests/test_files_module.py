@@ -1,0 +1,88 @@
+"""The host role's flaskstack_files module (roles/host/library): many files and lines in one run.
+
+Run through Ansible itself (ad hoc, on this machine), as a task runs it: check mode, diff,
+a second run that changes nothing, lineinfile's rule for lines, and a clear failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.targets import BIN, ROOT
+
+
+def files_module(args: dict, *flags: str) -> dict:
+    result = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "localhost",
+            "-c",
+            "local",
+            "-m",
+            "flaskstack_files",
+            "-a",
+            json.dumps(args),
+            *flags,
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "ANSIBLE_LIBRARY": str(ROOT / "roles/host/library"),
+            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # ansible.cfg's timing callbacks print around the JSON.
+    report, _ = json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{") :])
+    return report["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="writes files owned by root, as on a host")
+def test_files_and_lines_are_written_once_checked_first_and_diffed(tmp_path):
+    defs = tmp_path / "login.defs"
+    defs.write_text("#UMASK\t022\nUMASK\t022\nOTHER 1\n")
+    new = tmp_path / "made" / "deep" / "settings.conf"
+    args = {
+        "files": [{"path": str(new), "content": "a = 1\n", "mode": "0640"}],
+        "lines": [
+            {"path": str(defs), "regexp": r"^\s*#?\s*UMASK\s", "line": "UMASK\t027"},
+            {"path": str(defs), "regexp": r"^PASS_MAX_DAYS\s", "line": "PASS_MAX_DAYS\t365"},
+        ],
+    }
+
+    checked = files_module(args, "--check", "--diff")
+    assert checked["changed"] is True
+    assert sorted(checked["changed_paths"]) == sorted([str(new), str(defs)])
+    assert not new.parent.parent.exists(), "check mode wrote"
+    assert defs.read_text() == "#UMASK\t022\nUMASK\t022\nOTHER 1\n"
+    assert any(d["after"] == "a = 1\n" and d["before_header"] == "/dev/null" for d in checked["diff"])
+
+    done = files_module(args)
+    assert done["changed"] is True
+    assert new.read_text() == "a = 1\n"
+    assert oct(new.stat().st_mode & 0o777) == "0o640"
+    assert oct(new.parent.stat().st_mode & 0o777) == "0o755"
+    # lineinfile's rule: the last matching line is replaced, a missing one added at the end.
+    assert defs.read_text() == "#UMASK\t022\nUMASK\t027\nOTHER 1\nPASS_MAX_DAYS\t365\n"
+
+    again = files_module(args)
+    assert again["changed"] is False and again["changed_paths"] == []
+
+    new.chmod(0o644)
+    assert files_module(args)["changed_paths"] == [str(new)]
+    assert oct(new.stat().st_mode & 0o777) == "0o640"
+
+
+def test_lines_in_a_missing_file_fail_and_name_it(tmp_path):
+    missing = tmp_path / "nope.conf"
+    result = files_module({"lines": [{"path": str(missing), "regexp": "^x", "line": "x"}]})
+    assert result.get("failed") is True
+    assert f"{missing} does not exist" in result["msg"]
