@@ -69,18 +69,16 @@ def _read(path):
         return None
 
 
-def _make_parents(module, path):
+def _make_parents(path):
     missing = []
     folder = os.path.dirname(path)
     while folder and not os.path.isdir(folder):
         missing.append(folder)
         folder = os.path.dirname(folder)
-    if not module.check_mode:
-        for folder in reversed(missing):
-            os.mkdir(folder, 0o755)
-            os.chmod(folder, 0o755)  # noqa: S103 - a settings folder under /etc, as Debian makes them
-            os.chown(folder, 0, 0)
-    return missing
+    for folder in reversed(missing):
+        os.mkdir(folder, 0o755)
+        os.chmod(folder, 0o755)  # noqa: S103 - a settings folder under /etc, as Debian makes them
+        os.chown(folder, 0, 0)
 
 
 def _write(path, content, mode):
@@ -157,9 +155,11 @@ def main():
         before = _read(path)
         stat = os.stat(path) if before is not None else None
         content_changed = before != content
-        attrs_changed = stat is not None and (
-            (mode is not None and (stat.st_mode & 0o7777) != mode)
-            or (mode is not None and (stat.st_uid, stat.st_gid) != (0, 0))
+        # A whole file is root's with its mode; a file only edited keeps its own (as lineinfile).
+        attrs_changed = (
+            stat is not None
+            and mode is not None
+            and ((stat.st_mode & 0o7777) != mode or (stat.st_uid, stat.st_gid) != (0, 0))
         )
         if not content_changed and not attrs_changed:
             continue
@@ -176,7 +176,7 @@ def main():
         if module.check_mode:
             continue
         if content_changed:
-            _make_parents(module, path)
+            _make_parents(path)
             _write(path, content, mode if mode is not None else stat.st_mode & 0o7777)
         else:
             os.chmod(path, mode)
