@@ -64,11 +64,13 @@ def run_site(tmp_path):
     return run
 
 
-def _make_demo() -> str:
-    """Run `make demo` as a newcomer does; its output."""
+def _make_demo(**env: str) -> str:
+    """Run `make demo` as a newcomer does, with more environment if given (Ansible's
+    ANSIBLE_VERBOSITY, ANSIBLE_DIFF_ALWAYS); its output."""
     result = subprocess.run(
-        ["make", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False
-    )
+        ["make", "demo"], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=1200, check=False,
+    )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     return output
@@ -82,5 +84,6 @@ def make_demo():
 
 @pytest.fixture(scope="session")
 def demo_target(make_demo) -> str:
-    """The demo target, provisioned by `make demo` once per test session; that run's output."""
-    return make_demo()
+    """The demo target, provisioned by `make demo` once per test session, showing every
+    change's diff (as --diff does: the secrets test reads it); that run's output."""
+    return make_demo(ANSIBLE_DIFF_ALWAYS="true")

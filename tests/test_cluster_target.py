@@ -4,7 +4,8 @@ provisioned by `ansible-playbook site.yml -i inventory/cluster` over SSH. Checke
 user would: the load balancer's HTTPS on localhost:8493 (127.0.0.1) answers from every
 app host in turn, an app host answers the load balancer only, an app host stopped and
 started under load costs no request, a second run changes nothing, rolling deploys by
-fab and by ansible-playbook (good, failed, killed) cost no request, and the app hosts
+fab and by ansible-playbook (good, failed, killed) cost no request, a batch of every
+app host switches them together, and the app hosts
 share one PostgreSQL database (TLS, pg_hba, nightly dumps). Removed at the end.
 """
 
@@ -160,9 +161,14 @@ def test_an_app_host_stopped_and_started_under_load_costs_no_request(cluster):
 
 
 def test_check_mode_on_the_provisioned_cluster_passes(cluster):
-    check = run(str(BIN / "ansible-playbook"), "site.yml", "-i", INVENTORY, "--check", "--diff")
+    """One host of each kind (the app hosts share every setting but their addresses; the
+    second run below covers all five)."""
+    check = run(
+        str(BIN / "ansible-playbook"), "site.yml", "-i", INVENTORY, "--check", "--diff",
+        "--limit", "lb,app1,db",
+    )  # fmt: skip
     assert check.returncode == 0, check.output[-3000:]
-    for host in ("lb", *APP_HOSTS, "db"):
+    for host in ("lb", "app1", "db"):
         assert re.search(rf"{host}\s*:\s*ok=\d+\s+changed=0", check.output), check.output[-3000:]
 
 
@@ -326,6 +332,28 @@ def test_a_rolling_deploy_whose_client_is_killed_is_finished_by_the_next(cluster
     assert all(s["in_pool"] for s in pool_status().values())
     assert len(set(serving().values())) == 1
     assert load.failures == [], load.failures
+
+
+def test_a_batch_of_every_app_host_switches_them_in_one_phase(cluster, tmp_path):
+    """--batch 3: one release to the three app hosts in parallel (a single activate phase, as
+    every host of an inventory without load balancers does); the load balancer keeps the
+    last of them in its pool. `fab rollback` brings every host back to what it served."""
+    before = serving()
+    result = fab(
+        "deploy", "-i", INVENTORY, "--app", "hello", "--src", str(variant(tmp_path, f"all-{RUN}")),
+        "--batch", "3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.output
+    new = released(result.stdout)
+    assert result.stdout.count("== activate") == 1 and "== batch" not in result.stdout, result.stdout
+    for name in APP_HOSTS:
+        assert f"[{name}] hello: ACTIVATED {new}" in result.stdout
+    assert "kept in the pool of hello: it is the last host there" in result.stdout
+    assert serving() == dict.fromkeys(APP_HOSTS, new)
+    assert all(s["in_pool"] for s in pool_status().values())
+    back = fab("rollback", "-i", INVENTORY)
+    assert back.returncode == 0, back.output
+    assert serving() == before
 
 
 def test_every_app_host_counts_visits_in_the_one_database(cluster):

@@ -119,7 +119,10 @@ def test_roles_hold_no_template_and_every_template_is_used():
     assert list((ROOT / "roles").rglob("*.j2")) == []
     named = set()
     for tasks in (ROOT / "roles").rglob("*.yml"):
-        named |= set(re.findall(r"flaskstack_template', '([^']+\.j2)'", tasks.read_text()))
+        text = tasks.read_text()
+        # A lookup of its own, or an entry of a list of files rendered by one task.
+        named |= set(re.findall(r"flaskstack_template', '([^']+\.j2)'", text))
+        named |= set(re.findall(r"\{path: \S+, template: ([\w./-]+\.j2),", text))
     # The app server's settings file is named by the model: one per server.
     named |= {f"etc/flaskstack/app/{name}.j2" for name in model.SERVER_CONFIG.values()}
     shipped = {p.relative_to(ROOT / "templates").as_posix() for p in (ROOT / "templates").rglob("*.j2")}
