@@ -586,6 +586,8 @@ def _source(app: dict, modules: bool = True) -> str:
         project = packaging.read_project(src, app["requirements"])
     except packaging.WheelhouseError as exc:
         return f"{exc.setting} ({n}): {exc}."
+    if problem := _migrate_when_changed(app, src):
+        return problem
     module = app["entry_point"].split(":")[0]
     found = module_file(src, module)
     if modules and not project.wheel and found and found.parts[len(src.parts)] == "src":
@@ -600,6 +602,23 @@ def _source(app: dict, modules: bool = True) -> str:
         return (
             f"entry_point ({n}): module {_json(module)} is not in {src} (no {path}.py or {path}/__init__.py)."
         )
+    return ""
+
+
+def _migrate_when_changed(app: dict, src: Path) -> str:
+    """The first problem of migrate_when_changed, or '': paths inside the release that the
+    source has. A misspelt path would never change, and the migrations would never run."""
+    paths = app.get("migrate_when_changed") or []
+    if not isinstance(paths, list):
+        return f"migrate_when_changed ({app['name']}) is {_json(paths)}: give a list of paths."
+    for j, path in enumerate(paths):
+        where = f"migrate_when_changed[{j}] ({app['name']})"
+        if not _in_release(path):
+            return f"{where} is {_json(path)}: use a path inside the release, relative to it, without '..'."
+        if not (src / path).exists():
+            return f"{where}: {src / path} does not exist: the migrations would never be seen to change."
+    if paths and not app.get("migrate_command"):
+        return f"migrate_when_changed ({app['name']}) is set but migrate_command is empty."
     return ""
 
 
@@ -707,6 +726,13 @@ def _config_files(app: dict, base_dir: str | None) -> str:
     return ""
 
 
+def _in_release(path) -> bool:
+    """A path inside a release, relative to it: no leading or trailing '/', no '.' or '..'."""
+    return (
+        isinstance(path, str) and bool(path) and all(part not in ("", ".", "..") for part in path.split("/"))
+    )
+
+
 def _shared(app: dict) -> str:
     """The first shared path of a present app that is not a plain path inside the release."""
     seen: list[str] = []
@@ -714,12 +740,8 @@ def _shared(app: dict) -> str:
     for key in ("shared_dirs", "shared_files", "config_files"):
         paths = config_paths(app) if key == "config_files" else app.get(key) or []
         for j, path in enumerate(paths):
-            parts = str(path).split("/")
             where = f"{key}[{j}] ({app['name']})"
-            if (
-                not isinstance(path, str) or not path or path.startswith("/") or path.endswith("/")
-                or any(part in ("", ".", "..") for part in parts) or parts[0] in RELEASE_OWN
-            ):  # fmt: skip
+            if not _in_release(path) or path.split("/")[0] in RELEASE_OWN:
                 return (
                     f"{where} is {_json(path)}: use a path inside the release, relative to it, "
                     "without '..' (not venv or REVISION)."
@@ -887,6 +909,8 @@ def paths(app: dict, layout: Layout, health_host: str = "") -> dict:
         "lock_file": f"{home}/.flaskstack-release.lock",
         # Held for a whole deploy (every host, every step), by fab or ansible-playbook.
         "deploy_lock_file": f"{home}/deploy.lock",
+        # The last migration this host ran to the end, and its migrate_when_changed digest.
+        "migrated_file": f"{home}/migrated.json",
         "config_dir": config,
         "env_file": f"{config}/app.env",
         # The app server's settings: gunicorn.conf.py or uwsgi.ini.

@@ -13,7 +13,7 @@ the tool elsewhere.
 
     flaskstack-release info
     flaskstack-release prepare  APP ID --archive FILE --wheelhouse KEY [--wheelhouse-archive FILE]
-    flaskstack-release migrate  APP ID
+    flaskstack-release migrate  APP ID [--force]
     flaskstack-release run      APP -- COMMAND [ARGS...]
     flaskstack-release activate APP ID [--skip-migrate] [--note TEXT]
     flaskstack-release rollback APP [ID]
@@ -29,8 +29,10 @@ activate runs, in order, and stops at the first failure:
   check    the release imports and builds its app as its app server will (as the
            app user, with the app's environment)
   init     the init command, once in the app's life
-  migrate  the migrate command, once per deploy (skipped with --skip-migrate)
-  answer   the app, built in a process of its own, answers its health path
+  migrate  the migrate command, once per deploy (skipped with --skip-migrate, or when
+           the migrate_when_changed paths are those of the host's last migration)
+  answer   the app, built in a process of its own, answers its health path (in the
+           check's process when neither init nor migrate runs between them)
   switch   `current` -> the release, atomically (rename of a new symlink)
   restart  the app service (systemd holds the socket: no connection is refused)
   health   the health path answers 2xx through the app's socket
@@ -46,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import http.client
 import io
 import json
@@ -80,9 +83,11 @@ INIT_MARKER = ".flaskstack-init-done"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 
 # Run inside the release's venv as the app user: build the app as its app server
-# would (argv: server, entry point), then, with a path, call it once as WSGI with
-# a GET of that path and require a 2xx. No socket, no traffic: the live release
-# keeps serving while this runs.
+# would (argv: server, entry point) and say so on a line that starts with BUILT, then,
+# with a path, call it once as WSGI with a GET of that path and require a 2xx, in the
+# same process (the check and answer gates in one import of the app when nothing runs
+# between them). No socket, no traffic: the live release keeps serving while this runs.
+BUILT = "flaskstack-check: "
 CHECK = r"""
 import io, sys
 server, entry = sys.argv[1], sys.argv[2]
@@ -96,6 +101,18 @@ else:
     app = getattr(obj, target[:-2])() if target.endswith("()") else getattr(obj, target)
 if not callable(app):
     sys.exit(entry + " is not a WSGI callable")
+# Where Flask will write (its instance folder): a place the app cannot write is said
+# here, before the switch, instead of in the first write's 500.
+import os
+folder = getattr(app, "instance_path", None)
+if isinstance(folder, str):
+    probe = folder
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    state = "writable" if os.access(probe, os.W_OK) else "READ-ONLY to the app (not a shared path)"
+    print("%s%s builds; its instance folder %s is %s" % (BUILT, entry, folder, state), flush=True)
+else:
+    print("%s%s builds" % (BUILT, entry), flush=True)
 if len(sys.argv) > 3:
     path, host = sys.argv[3], sys.argv[4]
     path_info, _, query = path.partition("?")
@@ -120,20 +137,7 @@ if len(sys.argv) > 3:
         sys.exit("GET %s answered %s: %s" % (path, status[0] if status else "nothing",
                                             body[:300].decode("utf-8", "replace")))
     print("GET %s answered %s" % (path, status[0]))
-else:
-    # Where Flask will write (its instance folder): a place the app cannot write is said
-    # here, before the switch, instead of in the first write's 500.
-    import os
-    folder = getattr(app, "instance_path", None)
-    if isinstance(folder, str):
-        probe = folder
-        while not os.path.exists(probe) and os.path.dirname(probe) != probe:
-            probe = os.path.dirname(probe)
-        state = "writable" if os.access(probe, os.W_OK) else "READ-ONLY to the app (not a shared path)"
-        print("%s builds; its instance folder %s is %s" % (entry, folder, state))
-    else:
-        print(entry + " builds")
-"""
+""".replace("BUILT", repr(BUILT))
 
 
 class ReleaseError(Exception):
@@ -202,6 +206,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """A small file written whole and durably: a temporary file beside it, then a rename."""
+    tmp = path.with_name(f".{path.name}.flaskstack-{os.getpid()}")
+    with tmp.open("w") as handle:
+        handle.write(text + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 # -- settings and layout -------------------------------------------------------------
 
 
@@ -229,6 +244,7 @@ class App:
         self.history_file = Path(self.cfg["history_file"])
         self.lock_file = Path(self.cfg["lock_file"])
         self.deploy_lock_file = Path(self.cfg.get("deploy_lock_file") or self.home / "deploy.lock")
+        self.migrated_file = Path(self.cfg.get("migrated_file") or self.home / "migrated.json")
         self.user = self.cfg["user"]
         # "systemd": commands run as the app user through systemd-run, with the
         # app's env file exactly as the service reads it. "none": as the calling
@@ -389,11 +405,16 @@ def step(name: str):
     return Step()
 
 
+def failure(what: str, result: subprocess.CompletedProcess) -> ReleaseError:
+    """A command's failure: what failed, its exit status and the last lines it said."""
+    detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-12:]
+    return ReleaseError(f"{what}: exit {result.returncode}\n    " + "\n    ".join(detail))
+
+
 def run(argv: list[str], what: str, **kwargs) -> str:
     result = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
     if result.returncode != 0:
-        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-12:]
-        raise ReleaseError(f"{what}: exit {result.returncode}\n    " + "\n    ".join(detail))
+        raise failure(what, result)
     return result.stdout.strip()
 
 
@@ -994,10 +1015,58 @@ def backup(app: App, release: str) -> Path:
     return folder
 
 
-def migrate(app: App, release: str) -> str:
-    command = app.cfg.get("migrate_command") or ""
-    if not command:
+def migrations(app: App, release: str) -> str | None:
+    """A digest of the release's migrate_when_changed paths (every file under each, by its
+    path and bytes; a missing path counts as missing), or None when the app has none."""
+    paths = app.cfg.get("migrate_when_changed") or []
+    if not paths:
+        return None
+    rel, digest = app.release_dir(release), hashlib.sha256()
+    for name in sorted(paths):
+        top = rel / name
+        files = [top] if top.is_file() else sorted(top.rglob("*")) if top.is_dir() else []
+        digest.update(f"{name}\0{'present' if files else 'missing'}\0".encode())
+        for path in files:
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(f"{path.relative_to(rel)}\0".encode() + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def last_migration(app: App) -> dict:
+    """The migration this host last ran to the end: {release, time, migrations}, or {}."""
+    try:
+        found = json.loads(app.migrated_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def migration_due(app: App, release: str) -> str:
+    """Why migrate_command would not run for the release ('' if it would): there is none, or
+    the release's migrate_when_changed paths are those of the last migration on this host."""
+    if not app.cfg.get("migrate_command"):
         return "no migrate_command"
+    found, last = migrations(app, release), last_migration(app)
+    if found is not None and found == last.get("migrations"):
+        return (
+            f"skipped: {', '.join(app.cfg['migrate_when_changed'])} as when {last.get('release')} "
+            f"migrated at {last.get('time')} (migrate_when_changed)"
+        )
+    return ""
+
+
+def migrate(app: App, release: str, force: bool = False) -> str:
+    """migrate_command in the release, after a backup; unless migration_due says why not
+    (force: whatever the migrate_when_changed paths say)."""
+    if not app.cfg.get("migrate_command"):
+        return "no migrate_command"
+    skipped = "" if force else migration_due(app, release)
+    if skipped:
+        return skipped
+    command = app.cfg["migrate_command"]
+    found = migrations(app, release)
+    # Forgotten first: a migration that fails half-way leaves the database unknown.
+    app.migrated_file.unlink(missing_ok=True)
     saved = backup(app, release)
     try:
         out = in_release(app, release, ["/bin/sh", "-ec", command], f"{app.name}: migrate_command failed")
@@ -1005,6 +1074,9 @@ def migrate(app: App, release: str) -> str:
         raise ReleaseError(
             f"{exc}\n  the data as it was before: {saved} (README: restore a backup)"
         ) from None
+    if found is not None:
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        write_atomic(app.migrated_file, json.dumps({"release": release, "time": when, "migrations": found}))
     return f"backup {saved.name}; " + (out.splitlines() or [command])[-1][:100]
 
 
@@ -1035,28 +1107,30 @@ def cmd_migrate(args) -> int:
         if not app.prepared(args.release):
             raise ReleaseError(f"{app.name}: release {args.release} is not prepared on this host")
         with step("migrate") as s:
-            s.detail = migrate(app, args.release)
+            s.detail = migrate(app, args.release, force=args.force)
     return 0
 
 
-def check_gate(app: App, release: str) -> str:
-    """The release builds its app as the app server would, as the app, in its sandbox."""
-    python = str(app.release_dir(release) / VENV / "bin/python")
-    server, entry = app.cfg["server"], app.cfg["entry_point"]
-    return in_release(
-        app, release, [python, "-c", CHECK, server, entry],
-        f"{app.name}: release {release} does not build its app ({entry})",
-    )  # fmt: skip
-
-
-def answer_gate(app: App, release: str) -> str:
-    """The release's app answers its health path 2xx, called once as WSGI: no socket, no traffic."""
+def gates(app: App, release: str, answer: bool) -> tuple[str, str]:
+    """The check gate: the release builds its app as the app server would, as the app, in
+    its sandbox. With answer, the answer gate too, in the same process: the app answers its
+    health path 2xx, called once as WSGI (no socket, no traffic). What each said, or raise
+    naming the gate that failed."""
     python = str(app.release_dir(release) / VENV / "bin/python")
     server, entry, path = app.cfg["server"], app.cfg["entry_point"], app.cfg["health_path"]
-    return in_release(
-        app, release, [python, "-c", CHECK, server, entry, path, app.cfg["health_host"]],
-        f"{app.name}: release {release} does not answer {path} (one WSGI call, before it serves)",
-    )  # fmt: skip
+    argv = [python, "-c", CHECK, server, entry, *([path, app.cfg["health_host"]] if answer else [])]
+    command, kwargs = release_command(app, release, argv)
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, **kwargs
+    )
+    built = [line[len(BUILT) :] for line in result.stdout.splitlines() if line.startswith(BUILT)]
+    if result.returncode != 0:
+        if not built:
+            raise failure(f"{app.name}: release {release} does not build its app ({entry})", result)
+        raise failure(
+            f"{app.name}: release {release} does not answer {path} (one WSGI call, before it serves)", result
+        )
+    return built[0], result.stdout.strip().splitlines()[-1] if answer else ""
 
 
 def why(exc: BaseException) -> str:
@@ -1109,10 +1183,15 @@ def activate(
         print(f"{app.name}: release {release} is already live")
         return False
     try:
-        with step("check") as s:
-            s.detail = check_gate(app, release)
         init = app.cfg.get("init_command") or ""
-        if init and not (app.shared_dir / INIT_MARKER).exists():
+        init = init if init and not (app.shared_dir / INIT_MARKER).exists() else ""
+        skipped = migration_due(app, release) if do_migrate else "--skip-migrate"
+        # Nothing to run between the gates: one import of the app does both.
+        together = not init and bool(skipped)
+        with step("check") as s:
+            built, answered = gates(app, release, answer=together)
+            s.detail = f"{built}; {answered} (check and answer in one import)" if together else built
+        if init:
             with step("init") as s:
                 in_release(app, release, ["/bin/sh", "-ec", init], f"{app.name}: init_command failed")
                 (app.shared_dir / INIT_MARKER).touch()
@@ -1120,8 +1199,9 @@ def activate(
         if do_migrate:
             with step("migrate") as s:
                 s.detail = migrate(app, release)
-        with step("answer") as s:
-            s.detail = answer_gate(app, release)
+        if not together:
+            with step("answer") as s:
+                s.detail = gates(app, release, answer=True)[1]
     except BaseException as exc:  # noqa: BLE001 - a signal too: nothing has switched
         with deferred_signals():
             back = restore_settings(app) if live else ""
@@ -1243,9 +1323,8 @@ def cmd_restart(args) -> int:
             return 0
         try:
             with step("check") as s:
-                s.detail = check_gate(app, live)
-            with step("answer") as s:
-                s.detail = answer_gate(app, live)
+                built, answered = gates(app, live, answer=True)
+                s.detail = f"{built}; {answered} (check and answer in one import)"
         except BaseException as exc:  # noqa: BLE001 - a signal too: nothing has restarted
             with deferred_signals():
                 back = restore_settings(app) or (
@@ -1584,6 +1663,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("migrate", help="run the migrate command in a prepared release")
     s.add_argument("app")
     s.add_argument("release")
+    s.add_argument(
+        "--force", action="store_true", help="run it even if the migrate_when_changed paths are unchanged"
+    )
     s.set_defaults(func=cmd_migrate)
     s = sub.add_parser("activate", help="check, migrate, switch, restart and health-check a release")
     s.add_argument("app")

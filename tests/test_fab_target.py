@@ -76,7 +76,7 @@ def test_deploy_twice_then_roll_back(demo, tmp_path):
     assert first.returncode == 0, first.output
     assert page() == f"Hello from flaskstack blue-{RUN}"
     # Every step is printed with its duration.
-    for step in ("check", "migrate", "answer", "switch", "restart", "health"):
+    for step in ("check", "migrate", "switch", "restart", "health"):
         assert re.search(rf"\[demo\]\s+{step}\s+ok\s+\d+\.\d\ds", first.stdout), first.stdout
     assert re.search(r"fab deploy: done in \d+\.\d\ds", first.stdout)
 
@@ -86,6 +86,10 @@ def test_deploy_twice_then_roll_back(demo, tmp_path):
     # Same requirements: the wheelhouse is not sent again and the venv is linked.
     assert re.search(r"hello: upload code \d", second.stdout), second.stdout
     assert "linked from" in second.stdout
+    # The migrations are those of the last migration (migrate_when_changed): skipped, and one
+    # import of the app both builds it and answers.
+    assert re.search(r"\[demo\]\s+migrate\s+ok\s+\S+\s+skipped: migrations as when", second.stdout)
+    assert "(check and answer in one import)" in second.stdout
 
     listing = fab("releases").stdout
     green, blue = re.findall(r"^\[demo\] ([0-9a-f]{12}) +(live|previous)", listing, re.MULTILINE)

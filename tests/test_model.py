@@ -191,6 +191,41 @@ def test_a_shared_path_must_stay_inside_the_release(shared, message):
     assert len(errors) == 1 and re.search(message, errors[0]), errors
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"migrate_when_changed": ["migrations"]}, None),
+        (
+            {"migrate_when_changed": ["migration"]},
+            r"migrate_when_changed\[0\] \(shop\): .*/app/migration does not exist: the migrations",
+        ),
+        (
+            {"migrate_when_changed": ["../migrations"]},
+            r'migrate_when_changed\[0\] \(shop\) is "\.\./migrations"',
+        ),
+        (
+            {"migrate_when_changed": "migrations"},
+            r'migrate_when_changed \(shop\) is "migrations": give a list',
+        ),
+        ({"migrate_when_changed": ["migrations"], "migrate_command": ""}, r"migrate_command is empty"),
+    ],
+)
+def test_migrate_when_changed_names_paths_the_source_has(setting, message):
+    """A path the source lacks would never change, so its migrations would never run: refused,
+    by site.yml and by fab deploy (which checks what a code push reads)."""
+    app = {
+        **APP,
+        "requirements": "requirements.txt",
+        "migrate_command": "flask --app hello db upgrade",
+        **setting,
+    }
+    for errors in (model.app_errors([app], {**DEFAULTS, **_ports()}), model.source_errors([app], DEFAULTS)):
+        if message is None:
+            assert errors == []
+        else:
+            assert len(errors) == 1 and re.search(message, errors[0]), errors
+
+
 def test_shared_paths_are_linked_targets_and_the_only_writable_ones():
     layout = model.Layout("/srv", "/etc/flaskstack", "/run/flaskstack")
     app = {**APP, "shared_dirs": ["instance", "uploads"], "shared_files": ["settings.ini"]}

@@ -211,8 +211,12 @@ def test_a_good_release_goes_live_and_is_recorded(host):
     result = host.tool("activate", "site", first, "--note", "first deploy")
     assert result.returncode == 0, result.stderr
     assert f"ACTIVATED {first}" in result.stdout
-    for step in ("check", "answer", "switch", "restart", "health"):
+    for step in ("check", "switch", "restart", "health"):
         assert f"  {step}" in result.stdout
+    # No init or migrate command: one import of the app builds it and answers /healthz.
+    check = next(line for line in result.stdout.splitlines() if line.startswith("  check"))
+    assert "builds; GET /healthz answered 200 OK (check and answer in one import)" in check
+    assert "  answer" not in result.stdout
     assert host.live() == first
     history = [json.loads(line) for line in (host.home / "history.jsonl").read_text().splitlines()]
     assert history[-1] | {"time": None} == {
@@ -428,6 +432,46 @@ def test_migrate_runs_before_the_switch_and_a_failure_stops_the_deploy(host):
     assert "site: migrate_command failed: exit 3" in result.stderr
     assert "no such column" in result.stderr
     assert host.live() == second
+
+
+def test_migrate_when_changed_runs_the_migrations_only_when_their_files_change(host):
+    """A code-only release with the migrations of the last migration skips migrate_command
+    and imports the app once; new migration files run it (after its backup) as always;
+    `migrate --force` runs it whatever the files say; a failed migration is forgotten."""
+    log = host.home / "shared" / "migrations.log"
+    host.write_settings(
+        migrate_command=f"cat REVISION >> {log}; echo >> {log}", migrate_when_changed=["migrations"]
+    )
+    v1 = {"migrations/versions/001_first.py": "revision = '001'\n"}
+    first = host.release("one", extra=v1)
+    assert host.tool("activate", "site", first).returncode == 0
+    code_only = host.release("two", extra=v1)
+    result = host.tool("activate", "site", code_only)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().split() == [first]
+    migrate = next(line for line in result.stdout.splitlines() if line.startswith("  migrate"))
+    assert f"skipped: migrations as when {first} migrated at" in migrate
+    assert "(check and answer in one import)" in result.stdout
+    assert "  answer" not in result.stdout
+    v2 = v1 | {"migrations/versions/002_second.py": "revision = '002'\n"}
+    migrations = host.release("three", extra=v2)
+    result = host.tool("activate", "site", migrations)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().split() == [first, migrations]
+    assert "  answer" in result.stdout  # migrate ran between the gates: the app is imported again
+    assert "backup " in next(line for line in result.stdout.splitlines() if line.startswith("  migrate"))
+    # By hand, whatever the files say.
+    assert host.tool("migrate", "site", migrations, "--force").returncode == 0
+    assert log.read_text().split() == [first, migrations, migrations]
+    # A migration that fails leaves the database unknown: the last one is forgotten, and the
+    # next release runs migrate_command, even with the files of that last migration.
+    host.write_settings(migrate_command="exit 3")
+    v3 = v2 | {"migrations/versions/003_third.py": "revision = '003'\n"}
+    assert host.tool("activate", "site", host.release("four", extra=v3)).returncode == 1
+    host.write_settings(migrate_command=f"cat REVISION >> {log}; echo >> {log}")
+    again = host.release("five", extra=v2)
+    assert host.tool("activate", "site", again).returncode == 0
+    assert log.read_text().split()[-1] == again
 
 
 def test_init_command_runs_once_in_the_apps_life(host):
