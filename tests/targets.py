@@ -55,9 +55,9 @@ def on_target(command: str, port: int = 2222, check: bool = True) -> subprocess.
     return result
 
 
-def run(*argv: str) -> subprocess.CompletedProcess:
+def run(*argv: str, timeout: float = 1200) -> subprocess.CompletedProcess:
     """A command from the project's folder, its output kept (stdout and stderr in .output)."""
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
     result.output = result.stdout + result.stderr
     return result
 

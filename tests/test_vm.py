@@ -57,9 +57,11 @@ def listen() -> None:
 TIMES: dict[str, float] = {}
 
 
+# Under software emulation each Ansible task takes about 10 s: a first site.yml run took
+# over 20 minutes (apt alone 8), so each command gets an hour.
 def timed(name: str, *argv: str):
     start = time.monotonic()
-    result = run(*argv)
+    result = run(*argv, timeout=3600)
     TIMES[name] = round(time.monotonic() - start, 1)
     return result
 
