@@ -84,10 +84,11 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 
 # Run inside the release's venv as the app user: build the app as its app server
 # would (argv: server, entry point) and say so on a line that starts with BUILT, then,
-# with a path, call it once as WSGI with a GET of that path and require a 2xx, in the
+# with a path, call it once as WSGI with a GET of that path and require a 2xx (said on a
+# line that starts with ANSWERED: what the app prints meanwhile is not taken for it), in the
 # same process (the check and answer gates in one import of the app when nothing runs
 # between them). No socket, no traffic: the live release keeps serving while this runs.
-BUILT = "flaskstack-check: "
+BUILT, ANSWERED = "flaskstack-check: ", "flaskstack-answer: "
 CHECK = r"""
 import io, sys
 server, entry = sys.argv[1], sys.argv[2]
@@ -136,8 +137,8 @@ if len(sys.argv) > 3:
     if not status or not status[0][:1] == "2":
         sys.exit("GET %s answered %s: %s" % (path, status[0] if status else "nothing",
                                             body[:300].decode("utf-8", "replace")))
-    print("GET %s answered %s" % (path, status[0]))
-""".replace("BUILT", repr(BUILT))
+    print("%sGET %s answered %s" % (ANSWERED, path, status[0]))
+""".replace("BUILT", repr(BUILT)).replace("ANSWERED", repr(ANSWERED))
 
 
 class ReleaseError(Exception):
@@ -1123,14 +1124,17 @@ def gates(app: App, release: str, answer: bool) -> tuple[str, str]:
     result = subprocess.run(
         command, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, **kwargs
     )
-    built = [line[len(BUILT) :] for line in result.stdout.splitlines() if line.startswith(BUILT)]
-    if result.returncode != 0:
+    said = result.stdout.splitlines()
+    built = [line[len(BUILT) :] for line in said if line.startswith(BUILT)]
+    answered = [line[len(ANSWERED) :] for line in said if line.startswith(ANSWERED)]
+    # An app that ends the process itself (os._exit at import) says neither line, whatever its exit.
+    if result.returncode != 0 or not built or (answer and not answered):
         if not built:
             raise failure(f"{app.name}: release {release} does not build its app ({entry})", result)
         raise failure(
             f"{app.name}: release {release} does not answer {path} (one WSGI call, before it serves)", result
         )
-    return built[0], result.stdout.strip().splitlines()[-1] if answer else ""
+    return built[0], answered[0] if answer else ""
 
 
 def why(exc: BaseException) -> str:
