@@ -1042,12 +1042,13 @@ def last_migration(app: App) -> dict:
     return found if isinstance(found, dict) else {}
 
 
-def migration_due(app: App, release: str) -> str:
-    """Why migrate_command would not run for the release ('' if it would): there is none, or
-    the release's migrate_when_changed paths are those of the last migration on this host."""
+def migration_skipped(app: App, found: str | None, force: bool = False) -> str:
+    """Why migrate_command would not run ('' if it would): there is none, or the release's
+    migrate_when_changed digest (found) is the one of the last migration on this host
+    (force: whatever the digest says)."""
     if not app.cfg.get("migrate_command"):
         return "no migrate_command"
-    found, last = migrations(app, release), last_migration(app)
+    last = {} if force else last_migration(app)
     if found is not None and found == last.get("migrations"):
         return (
             f"skipped: {', '.join(app.cfg['migrate_when_changed'])} as when {last.get('release')} "
@@ -1056,16 +1057,10 @@ def migration_due(app: App, release: str) -> str:
     return ""
 
 
-def migrate(app: App, release: str, force: bool = False) -> str:
-    """migrate_command in the release, after a backup; unless migration_due says why not
-    (force: whatever the migrate_when_changed paths say)."""
-    if not app.cfg.get("migrate_command"):
-        return "no migrate_command"
-    skipped = "" if force else migration_due(app, release)
-    if skipped:
-        return skipped
+def run_migration(app: App, release: str, found: str | None) -> str:
+    """migrate_command in the release, after a backup; found (the release's digest) is
+    recorded as the last migration once it ran to the end."""
     command = app.cfg["migrate_command"]
-    found = migrations(app, release)
     # Forgotten first: a migration that fails half-way leaves the database unknown.
     app.migrated_file.unlink(missing_ok=True)
     saved = backup(app, release)
@@ -1079,6 +1074,12 @@ def migrate(app: App, release: str, force: bool = False) -> str:
         when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         write_atomic(app.migrated_file, json.dumps({"release": release, "time": when, "migrations": found}))
     return f"backup {saved.name}; " + (out.splitlines() or [command])[-1][:100]
+
+
+def migrate(app: App, release: str, force: bool = False) -> str:
+    """migrate_command in the release, unless migration_skipped says why not."""
+    found = migrations(app, release)
+    return migration_skipped(app, found, force) or run_migration(app, release, found)
 
 
 def cmd_run(args) -> int:
@@ -1187,9 +1188,9 @@ def activate(
         print(f"{app.name}: release {release} is already live")
         return False
     try:
-        init = app.cfg.get("init_command") or ""
-        init = init if init and not (app.shared_dir / INIT_MARKER).exists() else ""
-        skipped = migration_due(app, release) if do_migrate else "--skip-migrate"
+        init = "" if (app.shared_dir / INIT_MARKER).exists() else app.cfg.get("init_command") or ""
+        found = migrations(app, release) if do_migrate else None
+        skipped = migration_skipped(app, found) if do_migrate else "--skip-migrate"
         # Nothing to run between the gates: one import of the app does both.
         together = not init and bool(skipped)
         with step("check") as s:
@@ -1202,7 +1203,7 @@ def activate(
                 s.detail = init
         if do_migrate:
             with step("migrate") as s:
-                s.detail = migrate(app, release)
+                s.detail = skipped or run_migration(app, release, found)
         if not together:
             with step("answer") as s:
                 s.detail = gates(app, release, answer=True)[1]
