@@ -84,6 +84,9 @@ def make_demo():
 
 @pytest.fixture(scope="session")
 def demo_target(make_demo) -> str:
-    """The demo target, provisioned by `make demo` once per test session, showing every
+    """The demo target, provisioned by `make demo` once per test session on a fresh container
+    (as a newcomer's first `make demo`: a container an earlier run or another checkout left may
+    serve a newer release, which a deploy of this tree's app rightly refuses), showing every
     change's diff (as --diff does: the secrets test reads it); that run's output."""
+    subprocess.run(["docker", "rm", "-f", "flaskstack-demo"], capture_output=True, check=False)
     return make_demo(ANSIBLE_DIFF_ALWAYS="true")
