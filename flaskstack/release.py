@@ -1245,13 +1245,19 @@ def switch_back(app: App, release: str, live: str | None) -> str:
             with contextlib.suppress(FileNotFoundError):
                 app.current.unlink()
             fsync_dir(app.current.parent)
-            argv = app.cfg.get("stop_command") or ["systemctl", "stop", app.cfg["service"]]
+            # The socket too: left listening, each connection would start a service that cannot
+            # run (no current) until systemd's start limit. The next activation's restart starts it
+            # again (the service requires it).
+            units = [app.cfg["service"], *([app.cfg["socket_unit"]] if app.cfg.get("socket_unit") else [])]
+            argv = app.cfg.get("stop_command") or ["systemctl", "stop", *units]
             try:
                 stopped = subprocess.run(argv, capture_output=True, check=False).returncode == 0
                 stopped = stop_workers(app) and stopped
             except OSError:
                 stopped = False
-            s.detail = "current removed" + ("" if stopped else "; the service did not stop")
+            s.detail = "current removed, " + (
+                " and ".join(units) + " stopped" if stopped else "the service did not stop"
+            )
         app.record(release, None, FAILED, f"{release} failed its health check; it was the first release")
         return f"no previous release: nothing serves {app.name} now; {discard(app, release)}"
     with step("rollback") as s:

@@ -448,17 +448,30 @@ def test_a_second_app_added_under_load_leaves_the_first_alone(demo, tmp_path):
     # The inventory's release live: a run that leaves it as it is (a fab deploy since would be
     # put back, restarting it).
     assert fab("deploy", "--allow-older").returncode == 0
-    for state in ("present", "absent"):
+    # First a first release that passes its gates but fails its health check once served: taken
+    # down, its socket too (left listening, each request would start a service with no release
+    # to run); then as it should be; then removed.
+    for state in ("broken", "present", "absent"):
+        app = {**second, "state": "absent" if state == "absent" else "present"}
+        if state == "broken":
+            app["src"] = str(variant(tmp_path, f"second-{RUN}", fails_when_served))
         apps = tmp_path / f"apps-{state}.json"
-        apps.write_text(
-            json.dumps({"flaskstack_apps": [*group_vars["flaskstack_apps"], {**second, "state": state}]})
-        )
+        apps.write_text(json.dumps({"flaskstack_apps": [*group_vars["flaskstack_apps"], app]}))
         pid = main_pid()
         load = Load(clients=4, rate=20).start()
         result = run(str(BIN / "ansible-playbook"), "site.yml", "-e", f"@{apps}")
         load.stop()
-        assert result.returncode == 0, result.output[-3000:]
         assert (load.failures, main_pid()) == ([], pid), state
+        if state == "broken":
+            assert result.returncode != 0 and "nothing serves second now" in result.output, result.output[
+                -3000:
+            ]
+            units = on_target("systemctl is-active second.socket second.service", check=False).stdout.split()
+            assert units == ["inactive", "inactive"], units
+            assert on_target("test -e /srv/second/current", check=False).returncode == 1
+            assert answer("second.localhost") == 502  # nginx serves the site; nothing behind it
+            continue
+        assert result.returncode == 0, result.output[-3000:]
         assert answer("second.localhost") == (200 if state == "present" else 0)  # 0: nginx's 444
 
 
