@@ -33,7 +33,9 @@ class Load:
     path: str = "/"
     port: int = PORT
     tls: bool = False  # HTTPS (a self-signed certificate: not checked)
-    latencies: list[float] = field(default_factory=list)
+    # Each request: when it was sent (time.monotonic()), its latency in seconds, and whether it
+    # succeeded.
+    samples: list[tuple[float, float, bool]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     sent: int = 0
     retried: int = 0
@@ -42,6 +44,10 @@ class Load:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
+
+    @property
+    def latencies(self) -> list[float]:
+        return [latency for _, latency, _ in self.samples]
 
     def start(self) -> Load:
         self.deadline = time.monotonic() + MAX_SECONDS
@@ -63,7 +69,7 @@ class Load:
                 if self.sent >= MAX_REQUESTS:
                     return
                 self.sent += 1
-            start = time.monotonic()
+            start, ok = time.monotonic(), True
             try:
                 reused = conn is not None
                 if conn is None:
@@ -79,17 +85,19 @@ class Load:
                         self.retried += 1
                     response = self._get(conn)
                 if not 200 <= response.status < 300:
+                    ok = False
                     self._fail(f"HTTP {response.status}")
                 if response.will_close:
                     conn.close()
                     conn = None
             except (OSError, http.client.HTTPException) as exc:
+                ok = False
                 self._fail(f"{type(exc).__name__}: {exc}")
                 if conn is not None:
                     conn.close()
                 conn = None
             with self._lock:
-                self.latencies.append(time.monotonic() - start)
+                self.samples.append((start, time.monotonic() - start, ok))
             next_at += interval
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 

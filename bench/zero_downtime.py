@@ -22,7 +22,9 @@ Target: 0 failed requests in every deploy scenario, and after (b) and (c) the
 release that served before still serves; after (g) only the requests the killed
 processes held may fail (at most one per client); after (h) the site serves again
 by itself (requests fail while the target is down: counted, with the time it took
-to serve again). The script exits 1 if a target is missed.
+to serve again). The script exits 1 if a target is missed. It also draws bench/zero_downtime.png: each
+scenario's requests (latency over time, failed ones red) with the command's phases and
+steps marked.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +48,7 @@ BACK = ["-e", "app_allow_older=true"]
 TARGET = "flaskstack-demo"  # the demo target's container
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
+CHART = ROOT / "bench" / "zero_downtime.png"
 
 
 def serving_again(timeout: float, release=live_release) -> float:
@@ -73,12 +78,12 @@ def scenario(
     load = Load(**load_args).start()
     time.sleep(settle)
     started = time.monotonic()
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=MAX_SECONDS, check=False)
+    returncode, lines = run_timed(argv)
     took = time.monotonic() - started + serving_again(MAX_SECONDS, release)
     time.sleep(settle)
     load.stop()
     after = release()
-    output = (result.stdout + result.stderr).strip().splitlines()
+    output = [line for _, line in lines]
     reason = next(
         (
             line
@@ -96,19 +101,133 @@ def scenario(
         "p99_ms": percentile(load.latencies, 0.99) * 1000,
         "max_ms": max(load.latencies, default=0) * 1000,
         "wall_s": took,
-        "exit": result.returncode,
+        "exit": returncode,
         "before": before,
         "after": after,
         "reason": reason.strip()[:150],
         "failures": sorted(set(load.failures))[:5],
+        # For the chart: each request (seconds from the command's start, latency, ok) and the
+        # command's steps (name, start, end).
+        "samples": [(at - started, latency, ok) for at, latency, ok in load.samples],
+        "steps": steps([(at - started, line) for at, line in lines]),
     }
-    ok = (may_fail is None or row["failed"] <= may_fail) and (result.returncode == 0) == expect_ok
+    ok = (may_fail is None or row["failed"] <= may_fail) and (returncode == 0) == expect_ok
     if not expect_ok:
         ok = ok and after == before
     row["ok"] = ok
-    if result.returncode != 0 and expect_ok:
+    if returncode != 0 and expect_ok:
         print("\n".join(output[-30:]), file=sys.stderr)
     return row
+
+
+def run_timed(argv: list[str]) -> tuple[int, list[tuple[float, str]]]:
+    """Run a command (killed after MAX_SECONDS); its exit code and each line it printed (stdout
+    and stderr), with the time.monotonic() it arrived at."""
+    lines = []
+    with subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        watchdog = threading.Timer(MAX_SECONDS, proc.kill)
+        watchdog.start()
+        try:
+            lines = [(time.monotonic(), line.rstrip("\n")) for line in proc.stdout]
+        finally:
+            watchdog.cancel()
+        return proc.wait(), lines
+
+
+# fab's phases ("== upload and prepare: 3.21s", printed as each ends) and the release tool's
+# steps ("[demo]   switch   ok       0.01s ...", printed together when the activation ends).
+PHASE = re.compile(r"^== (?P<name>[^:]+): (?P<secs>\d+\.\d+)s$")
+STEP = re.compile(r"^\[[^\]]+\]\s+(?P<name>[a-z][a-z ]*?)\s+(?:ok|FAILED)\s+(?P<secs>\d+\.\d+)s")
+
+
+def steps(lines: list[tuple[float, str]]) -> list[tuple[str, float, float, str]]:
+    """(name, start, end, "phase" or "step") of each in a command's timed output. A phase ends when
+    its line arrives. Steps arrive together at the end of their activation, each with its
+    duration, one after the other: the last ends when they arrive, each earlier one when the
+    next begins (a few hundredths of a second early: the SSH round trip)."""
+    found = []
+    block: list[tuple[str, float]] = []
+
+    def close(at: float) -> None:
+        start = at - sum(secs for _, secs in block)
+        for name, secs in block:
+            found.append((name, start, start + secs, "step"))
+            start += secs
+        block.clear()
+
+    last = 0.0
+    for at, line in lines:
+        if m := STEP.match(line):
+            block.append((m["name"], float(m["secs"])))
+            last = at
+            continue
+        if block:
+            close(last)
+        if m := PHASE.match(line):
+            found.append((m["name"], at - float(m["secs"]), at, "phase"))
+    if block:
+        close(last)
+    return sorted(found, key=lambda s: s[1])
+
+
+def draw(rows: list[dict], path: Path) -> None:
+    """One panel per scenario: each request's latency over time (failed ones red), the
+    command's phases and steps shaded and named."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+    from matplotlib.lines import Line2D
+
+    cols = 2
+    fig, axes = plt.subplots(
+        (len(rows) + cols - 1) // cols,
+        cols,
+        figsize=(14, 3.2 * ((len(rows) + cols - 1) // cols)),
+        squeeze=False,
+    )
+    for ax, row in zip(axes.flat, rows, strict=False):
+        good = [(t, lat * 1000) for t, lat, ok in row["samples"] if ok]
+        bad = [(t, lat * 1000) for t, lat, ok in row["samples"] if not ok]
+        if good:
+            ax.scatter(*zip(*good, strict=True), s=3, color="tab:blue")
+        if bad:
+            ax.scatter(*zip(*bad, strict=True), s=18, color="red", marker="x")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlabel("seconds from the command's start")
+        ax.set_ylabel("latency, ms")
+        ax.set_title(f"{row['scenario']}: {row['sent']} requests, {row['failed']} failed", fontsize=10)
+        # Steps shaded, named at the top (steps too short to name apart share a label); fab's
+        # phases (which hold the steps) as bars at the bottom.
+        low, top = ax.get_ylim()
+        short = 0.03 * (ax.get_xlim()[1] - ax.get_xlim()[0])
+        labels: list[list] = []  # [x, text] of each label
+        for i, (name, start, end, _) in enumerate(m for m in row["steps"] if m[3] == "step"):
+            ax.axvspan(start, end, color=("0.82", "0.92")[i % 2], zorder=0)
+            if labels and end - start < short and start - labels[-1][0] < short:
+                labels[-1][1] += f"+{name}"
+            else:
+                labels.append([(start + end) / 2 if end - start >= short else start, name])
+        for x, text in labels:
+            ax.text(x, top, text, rotation=90, fontsize=7, ha="center", va="top")
+        for i, (name, start, end, _) in enumerate(m for m in row["steps"] if m[3] == "phase"):
+            ax.hlines(low * 1.3, start, end, color=("tab:green", "tab:olive")[i % 2], linewidth=4)
+            ax.text((start + end) / 2, low * (1.6 if i % 2 else 2.2), name, fontsize=6, ha="center")
+    for ax in axes.flat[len(rows) :]:
+        ax.set_visible(False)
+    legend = [
+        Line2D([], [], color="tab:blue", marker="o", markersize=3, linestyle="", label="answered (2xx)"),
+        Line2D([], [], color="red", marker="x", linestyle="", label="failed (an error, or not 2xx)"),
+    ]
+    fig.legend(handles=legend, loc="upper center", ncols=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def report(rows: list[dict]) -> None:
@@ -191,6 +310,8 @@ def main() -> int:
     )
 
     report(rows)
+    draw(rows, CHART)
+    print(f"\nlatency over time, each step marked: {CHART.relative_to(ROOT)}")
     return 0 if all(r["ok"] for r in rows) else 1
 
 
