@@ -1,7 +1,7 @@
-"""Bounded HTTP load on the demo target's nginx (127.0.0.1:8080 only), for the benchmarks
-and the fault tests: client threads at a fixed pace on keep-alive connections, at most
-MAX_SECONDS and MAX_REQUESTS, counting failed requests (a non-2xx answer or a
-connection error) and latencies.
+"""Bounded HTTP load on a test target's nginx (127.0.0.1 only; the demo's 8080 unless told),
+for the benchmarks and the fault tests: client threads at a fixed pace on keep-alive
+connections, at most MAX_SECONDS (or the seconds given) and MAX_REQUESTS, counting failed
+requests (a non-2xx answer or a connection error) and latencies.
 
 nginx closes idle keep-alive connections when it reloads (a new site, a new
 certificate): a request sent on one as it closes gets no answer at all. As
@@ -33,6 +33,7 @@ class Load:
     path: str = "/"
     port: int = PORT
     tls: bool = False  # HTTPS (a self-signed certificate: not checked)
+    seconds: float = MAX_SECONDS  # the load stops by itself after this long
     # Each request: when it was sent (time.monotonic()), its latency in seconds, and whether it
     # succeeded.
     samples: list[tuple[float, float, bool]] = field(default_factory=list)
@@ -50,7 +51,7 @@ class Load:
         return [latency for _, latency, _ in self.samples]
 
     def start(self) -> Load:
-        self.deadline = time.monotonic() + MAX_SECONDS
+        self.deadline = time.monotonic() + self.seconds
         for thread in self._threads:
             thread.start()
         return self

@@ -4,7 +4,7 @@ Run it with `make bench` (which first runs `make demo`): the load goes to the de
 target's nginx on 127.0.0.1:8080 only, from a few client threads that each send
 requests at a fixed pace on keep-alive connections (bench/traffic.py: a request
 that a reloading nginx closed unanswered is sent again and counted as retried),
-and it is bounded (at most MAX_SECONDS per scenario, at most MAX_REQUESTS in
+and it is bounded (at most COMMAND_SECONDS per command and the load as long, at most MAX_REQUESTS in
 all). For each scenario it prints requests sent, failed (a non-2xx answer or a
 connection error), retried, p50/p99/max latency, the command's wall time and
 exit code, and which release serves afterwards:
@@ -49,6 +49,9 @@ TARGET = "flaskstack-demo"  # the demo target's container
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
 CHART = ROOT / "bench" / "zero_downtime.png"
+# A full site.yml run takes minutes on this machine (2-3 under the bench's load): each command
+# gets this long, and the load lasts as long (MAX_SECONDS more for the site to answer again).
+COMMAND_SECONDS = 900
 
 
 def serving_again(timeout: float, release=live_release) -> float:
@@ -75,7 +78,7 @@ def scenario(
     """One command under load. may_fail: the failed requests allowed (None: counted only);
     release: what serves (before and after; the demo's live release unless given)."""
     before = release()
-    load = Load(**load_args).start()
+    load = Load(**load_args, seconds=COMMAND_SECONDS + 2 * settle + MAX_SECONDS).start()
     time.sleep(settle)
     started = time.monotonic()
     returncode, lines = run_timed(argv)
@@ -121,13 +124,13 @@ def scenario(
 
 
 def run_timed(argv: list[str]) -> tuple[int, list[tuple[float, str]]]:
-    """Run a command (killed after MAX_SECONDS); its exit code and each line it printed (stdout
+    """Run a command (killed after COMMAND_SECONDS); its exit code and each line it printed (stdout
     and stderr), with the time.monotonic() it arrived at."""
     lines = []
     with subprocess.Popen(
         argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
-        watchdog = threading.Timer(MAX_SECONDS, proc.kill)
+        watchdog = threading.Timer(COMMAND_SECONDS, proc.kill)
         watchdog.start()
         try:
             lines = [(time.monotonic(), line.rstrip("\n")) for line in proc.stdout]
