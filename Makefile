@@ -45,6 +45,8 @@ bench: demo cluster ## Benchmark: HTTP load during deploys, failed deploys, faul
 	$(BIN)/python bench/zero_downtime.py
 	$(BIN)/python bench/workers.py
 	$(BIN)/python bench/cluster.py
+	@if [ -n "$(ANSISTRANO)" ]; then $(BIN)/python bench/peer_ansistrano.py --role "$(ANSISTRANO)"; \
+	else echo "peer side by side skipped: make bench ANSISTRANO=<a checkout of ansistrano.deploy> (bench/peer_ansistrano.py)"; fi
 
 .PHONY: cluster
 cluster: venv ## A load balancer, three app hosts and a database host (containers here); print the URL
