@@ -1248,7 +1248,7 @@ def switch_back(app: App, release: str, live: str | None) -> str:
             # The socket too: left listening, each connection would start a service that cannot
             # run (no current) until systemd's start limit. The next activation's restart starts it
             # again (the service requires it).
-            units = [app.cfg["service"], *([app.cfg["socket_unit"]] if app.cfg.get("socket_unit") else [])]
+            units = [app.cfg["service"], app.cfg["socket_unit"]]
             argv = app.cfg.get("stop_command") or ["systemctl", "stop", *units]
             try:
                 stopped = subprocess.run(argv, capture_output=True, check=False).returncode == 0

@@ -93,6 +93,7 @@ class Host:
             "user": os.environ.get("USER", "root"),
             "group": "unused",
             "service": "site.service",
+            "socket_unit": "site.socket",
             "restart_command": ["true"],
             "server": "uwsgi",  # the generic import path: module, then factory()
             "entry_point": "siteapp:create_app()",
