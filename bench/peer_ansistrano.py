@@ -17,13 +17,15 @@ symlink. Each deploy carries new code (the page says which).
 
 Load: CLIENTS threads x RATE requests per second on keep-alive connections to each
 target's nginx (bench/traffic.py: bounded in seconds and requests, 127.0.0.1 only), from
-2 s before each command until 2 s after it. Printed: each way's median
+2 s before each command until 2 s after the site answers again, as bench/zero_downtime.py
+runs each of its scenarios. Printed: each way's median
 time (and range) and its failed requests. The twin is removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import secrets
 import statistics
@@ -42,7 +44,8 @@ import yaml  # noqa: E402
 from appvariants import variant  # noqa: E402
 from flaskstack.packaging import build_wheelhouse, read_project, wheelhouse_archive  # noqa: E402
 from tests.targets import connection, on_target, start_target  # noqa: E402
-from traffic import Load  # noqa: E402
+from traffic import live_release  # noqa: E402
+from zero_downtime import scenario  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
 FAB, PLAYBOOK = str(BIN / "fab"), str(BIN / "ansible-playbook")
@@ -50,29 +53,22 @@ BACK = ["-e", "app_allow_older=true"]  # site.yml puts the inventory's release b
 PEER, PEER_SSH, PEER_HTTP = "flaskstack-peer", 2261, 8261
 DEMO_HTTP = 8080
 SETTLE = 2.0
-COMMAND_TIMEOUT = 900
 
 
-def under_load(argv: list[str], port: int, load_args: dict) -> tuple[float, int, int, float]:
-    """A command under load on one target's nginx: its seconds, then, from SETTLE seconds before
-    it to SETTLE after, the failed requests, the requests sent, and the seconds from the first
-    failed request to the end of the last (0 if none failed). Exits if the command fails."""
-    # The load lasts as long as the command may (a deploy that builds a venv takes minutes here).
-    load = Load(port=port, seconds=COMMAND_TIMEOUT + 2 * SETTLE, **load_args).start()
-    time.sleep(SETTLE)
-    start = time.monotonic()
-    result = subprocess.run(
-        argv, cwd=ROOT, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False
-    )
-    took = time.monotonic() - start
-    if result.returncode != 0:
-        load.stop()
-        sys.exit(f"{' '.join(argv)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
-    time.sleep(SETTLE)
-    load.stop()
-    failed = [(at, latency) for at, latency, ok in load.samples if not ok]
-    window = max(at + latency for at, latency in failed) - min(at for at, _ in failed) if failed else 0.0
-    return took, len(failed), load.sent, window
+def under_load(name: str, argv: list[str], port: int, load_args: dict) -> dict:
+    """A command under load on one target's nginx, as the zero-downtime benchmark runs one
+    (its row: wall_s, sent, failed, samples); exits if the command fails."""
+    row = scenario(name, argv, {**load_args, "port": port}, expect_ok=True, settle=SETTLE, may_fail=None,
+                   release=functools.partial(live_release, port))  # fmt: skip
+    if row["exit"] != 0:
+        sys.exit(f"{name}: {' '.join(argv)} failed (its output above)")
+    return row
+
+
+def failing_for(row: dict) -> float:
+    """Seconds from the first failed request to the end of the last (0 if none failed)."""
+    failed = [(at, latency) for at, latency, ok in row["samples"] if not ok]
+    return max(at + latency for at, latency in failed) - min(at for at, _ in failed) if failed else 0.0
 
 
 def archive(src: Path) -> Path:
@@ -102,7 +98,7 @@ def main() -> int:
 
     start_target(PEER, PEER_SSH, PEER_HTTP)
     stamp = time.strftime("%H%M%S")
-    rows: list[tuple[str, list[tuple[float, int, int, float]]]] = []
+    rows: list[tuple[str, list[dict]]] = []  # (what, the scenario row of each run)
     try:
         with tempfile.TemporaryDirectory(prefix="flaskstack-peer-") as tmp:
             work = Path(tmp)
@@ -137,20 +133,23 @@ def main() -> int:
             if first.returncode != 0:
                 sys.exit(f"ansistrano's first deploy failed:\n{first.stdout[-3000:]}")
             deploy = [FAB, "deploy", "--app", "hello", "--src"]
-            rows.append(("fab deploy, code only (demo)", [
-                under_load([*deploy, str(variant(work, f"fab-{stamp}-{n}"))], DEMO_HTTP, load_args)
+            name = "fab deploy, code only (demo)"
+            rows.append((name, [
+                under_load(name, [*deploy, str(variant(work, f"fab-{stamp}-{n}"))], DEMO_HTTP, load_args)
                 for n in range(args.runs)
             ]))  # fmt: skip
-            full = []
+            name, full = "ansible-playbook site.yml, full deploy (demo)", []
             for n in range(args.runs):
                 # A fab release live first: site.yml has a switch to make (the inventory's release back).
-                under_load([*deploy, str(variant(work, f"back-{stamp}-{n}"))], DEMO_HTTP, load_args)
-                full.append(
-                    under_load([PLAYBOOK, "site.yml", "-i", "inventory/local", *BACK], DEMO_HTTP, load_args)
-                )
-            rows.append(("ansible-playbook site.yml, full deploy (demo)", full))
-            rows.append(("ansistrano deploy, code only (twin)", [
-                under_load(ansistrano(f"peer-{stamp}-{n}"), PEER_HTTP, load_args) for n in range(args.runs)
+                back = [*deploy, str(variant(work, f"back-{stamp}-{n}"))]
+                under_load("fab deploy, before site.yml", back, DEMO_HTTP, load_args)
+                site = [PLAYBOOK, "site.yml", "-i", "inventory/local", *BACK]
+                full.append(under_load(name, site, DEMO_HTTP, load_args))
+            rows.append((name, full))
+            name = "ansistrano deploy, code only (twin)"
+            rows.append((name, [
+                under_load(name, ansistrano(f"peer-{stamp}-{n}"), PEER_HTTP, load_args)
+                for n in range(args.runs)
             ]))  # fmt: skip
     finally:
         subprocess.run(["docker", "rm", "-f", PEER], capture_output=True, check=False)
@@ -164,9 +163,9 @@ def main() -> int:
         f"{'failing for':>12}"
     )
     for name, results in rows:
-        times = [t for t, *_ in results]
-        failed, sent = sum(r[1] for r in results), sum(r[2] for r in results)
-        window = max(r[3] for r in results)
+        times = [r["wall_s"] for r in results]
+        failed, sent = sum(r["failed"] for r in results), sum(r["sent"] for r in results)
+        window = max(failing_for(r) for r in results)
         print(
             f"{name:<48} {statistics.median(times):>7.2f}s {min(times):>6.2f}s {max(times):>6.2f}s "
             f"{len(times):>5} {f'{failed}/{sent}':>14} {f'{window:.1f}s' if failed else '-':>12}"
