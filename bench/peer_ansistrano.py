@@ -156,7 +156,7 @@ def main() -> int:
 
     print(
         f"\nDeploys under load ({args.clients} clients x {args.rate:g} req/s on keep-alive, GET / through "
-        f"each target's nginx, from {SETTLE:g} s before to {SETTLE:g} s after):"
+        f"each target's nginx, from {SETTLE:g} s before to {SETTLE:g} s after it answers again):"
     )
     print(
         f"{'what':<48} {'median':>8} {'min':>7} {'max':>7} {'runs':>5} {'failed/sent':>14} "
