@@ -12,6 +12,9 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 DEMO_URL := http://127.0.0.1:8080
+# More arguments for the demo's site.yml run (the tests: -e flaskstack_skip_unchanged=false,
+# to see every task run twice).
+DEMO_ARGS ?=
 CLUSTER_URL := https://localhost:8493
 
 .PHONY: help
@@ -33,7 +36,7 @@ engine: venv ## Install and start the Docker engine; build the systemd images if
 .PHONY: demo
 demo: venv ## Provision the embedded local target and print its URL
 	$(PLAYBOOK) playbooks/local_target.yml
-	$(PLAYBOOK) site.yml -i inventory/local
+	$(PLAYBOOK) site.yml -i inventory/local $(DEMO_ARGS)
 	@echo
 	@echo "flaskstack demo: $(DEMO_URL)"
 	@$(BIN)/python -c 'import sys, urllib.request; r = urllib.request.urlopen(sys.argv[1] + "/healthz", timeout=10); print("GET /healthz ->", r.status, r.read().decode())' $(DEMO_URL)

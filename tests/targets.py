@@ -26,6 +26,11 @@ DEPLOY_USER = "deploy"
 HOST_BASELINE_OFF = {"host_baseline": False}
 
 
+# A second run that must change nothing runs every task (flaskstack_skip_unchanged off):
+# skipped, it would change nothing whatever the tasks would do.
+EVERY_TASK = ("-e", "flaskstack_skip_unchanged=false")
+
+
 def connection(port: int) -> dict:
     """An inventory host's connection settings for a test target whose sshd is on 127.0.0.1:port."""
     return {

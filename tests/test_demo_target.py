@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.targets import on_target
+from tests.targets import BIN, on_target, run
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "http://127.0.0.1:8080"
@@ -33,7 +33,9 @@ def changed_count(output: str, host: str) -> int:
 def demo_runs(demo_target, make_demo):
     """The first `make demo` (every change's diff shown) and a second one, at -vvv with
     diffs: everything Ansible is willing to show of a run."""
-    return demo_target, make_demo(ANSIBLE_VERBOSITY="3", ANSIBLE_DIFF_ALWAYS="true")
+    return demo_target, make_demo(
+        ANSIBLE_VERBOSITY="3", ANSIBLE_DIFF_ALWAYS="true", DEMO_ARGS="-e flaskstack_skip_unchanged=false"
+    )
 
 
 def test_make_demo_prints_the_url_and_the_first_response(demo_runs):
@@ -44,8 +46,76 @@ def test_make_demo_prints_the_url_and_the_first_response(demo_runs):
 
 def test_second_make_demo_changes_nothing(demo_runs):
     _, second = demo_runs
+    assert "Nothing to do: this host is" not in second  # every task ran (DEMO_ARGS), none changed
     assert changed_count(second, "demo") == 0
     assert changed_count(second, "localhost") == 0
+
+
+def test_a_run_with_nothing_to_do_skips_the_host(demo_runs):
+    """The second run ran every task and recorded the host; the next finds it as that run left
+    it and skips it before its facts are read: a handful of tasks, nothing changed."""
+    result = run(str(BIN / "ansible-playbook"), "site.yml", "-i", "inventory/local")
+    assert result.returncode == 0, result.output[-3000:]
+    flat = " ".join(result.output.split())
+    assert "Nothing to do: this host is as the last complete run left it" in flat, result.output[-3000:]
+    recap = re.search(r"^demo\s*:\s*ok=(\d+)\s+changed=(\d+)", result.output, re.MULTILINE)
+    assert recap and int(recap.group(2)) == 0, result.output[-3000:]
+    assert int(recap.group(1)) < 20, result.output[-3000:]  # of the 200 a full run has
+    assert "Gathering Facts" not in result.output and "facts | Read the host's facts" not in result.output
+
+
+# Where a run writes that the record leaves out, each for a reason: logs, caches and the
+# package manager's bookkeeping (its status file is recorded); the services' own data; the
+# users' homes (Ansible's temporary files; the demo's deploy user is local_target.yml's); the
+# distribution's files (the packages are recorded); and what each app writes or keeps under
+# its folder: a release's files (written once, by the release tool), the wheelhouse and
+# uploads a deploy brings, the app's data, backups, and the last good settings. And the files
+# in /etc the record leaves out by name (roles/flaskstack/vars/main.yml: the system rewrites
+# them; the loader's cache follows the packages), and the record itself.
+LEFT_OUT = re.compile(
+    r"^/(var/(log|cache|tmp|backups|spool|mail|www)/|var/lib/(?!flaskstack/)|tmp/|root/|home/|usr/(?!local/)"
+    r"|srv/[^/]+/(releases|wheelhouse|incoming|backups|settings-last-good|shared/data)/"
+    r"|etc/(resolv\.conf|adjtime|mtab|ld\.so\.cache|\.pwd\.lock)$|var/lib/flaskstack/last-run\.json$)"
+)
+
+
+def test_a_run_writes_nothing_the_record_leaves_out(demo_runs):
+    """Every file and link written since the demo's container started (its first run was
+    cold: every role's every file) is one the record of the last complete run holds, or one
+    of the kinds it leaves out on purpose: so no change a run would make goes unseen."""
+    started = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.StartedAt}}", "flaskstack-demo"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    find = f"find / -xdev -newermt '{started}' \\( -type f -o -type l \\) -print"
+    written = on_target(find).stdout.splitlines()
+    recorded = json.loads(on_target("cat /var/lib/flaskstack/last-run.json").stdout)["state"]
+    outside = [path for path in written if path and path not in recorded and not LEFT_OUT.match(path)]
+    assert outside == []
+    assert "/etc/nginx/sites-available/hello.conf" in recorded and "/srv/hello/current" in recorded
+
+
+def test_a_host_changed_by_hand_gets_every_task_and_is_put_right(demo_runs):
+    """A settings file edited, a timer stopped, a package removed: the next run says so and
+    runs every task, which puts each back; the run after that skips the host again."""
+    site = "/etc/nginx/sites-available/hello.conf"
+    before = on_target(f"sha256sum {site}").stdout
+    on_target(
+        f"echo '# edited by hand' >> {site} && systemctl stop apt-daily-upgrade.timer"
+        " && DEBIAN_FRONTEND=noninteractive apt-get remove -y -q needrestart"
+    )
+    result = run(str(BIN / "ansible-playbook"), "site.yml", "-i", "inventory/local")
+    assert result.returncode == 0, result.output[-3000:]
+    flat = " ".join(result.output.split())
+    assert "Every task runs: the host changed since the last complete run:" in flat, result.output[-3000:]
+    assert f"{site} changed" in flat and "unit apt-daily-upgrade.timer is inactive (was active)" in flat
+    assert "/var/lib/dpkg/status changed" in flat
+    assert on_target(f"sha256sum {site}").stdout == before
+    assert on_target("systemctl is-active apt-daily-upgrade.timer").stdout.strip() == "active"
+    assert on_target("dpkg-query -W -f '${Status}' needrestart").stdout == "install ok installed"
+    again = run(str(BIN / "ansible-playbook"), "site.yml", "-i", "inventory/local")
+    said = re.findall(r"(?:Nothing to do|Every task runs): [^']*", " ".join(again.output.split()))
+    assert said and said[0].startswith("Nothing to do: this host is as the last complete run left it"), said
 
 
 def test_site_answers_from_this_machine(demo_runs):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 try:
     from flaskstack import host as baseline
-    from flaskstack import model, packaging, templates
+    from flaskstack import model, packaging, templates, unchanged
 except ImportError:  # ansible-playbook from elsewhere: the package lies beside roles/
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
     from flaskstack import host as baseline
-    from flaskstack import model, packaging, templates
+    from flaskstack import model, packaging, templates, unchanged
 
 
 def app_errors(apps, defaults, base_dir=None, settings=None):
@@ -63,6 +63,17 @@ def root_login(setting, user):
     return baseline.root_login(str(setting), str(user))
 
 
+def inputs(hostvars, host, groups, inventory_dir, apps, defaults):
+    """One digest of what this run is given for host (flaskstack/unchanged.py)."""
+    ours = sorted(
+        {name for group, hosts in groups.items() if group.startswith("flaskstack") for name in hosts}
+    )
+    addresses = {name: str(hostvars[name].get("flaskstack_private_address", "")) for name in ours}
+    return unchanged.inputs_digest(
+        hostvars[host], groups, addresses, inventory_dir, list(apps), dict(defaults)
+    )
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -71,6 +82,7 @@ class FilterModule:
             "flaskstack_git_note": git_note,
             "flaskstack_host": host,
             "flaskstack_host_errors": host_errors,
+            "flaskstack_inputs": inputs,
             "flaskstack_root_login": root_login,
             "flaskstack_sysctl": sysctl,
             "flaskstack_public_ports": public_ports,

@@ -1,0 +1,95 @@
+"""What a run of site.yml is given, as one digest (flaskstack_skip_unchanged).
+
+A host is skipped when this digest and the host's own state (the flaskstack_state module,
+roles/flaskstack/library) are both as at the end of the last complete run. The digest covers
+everything a run reads on the control node: the project's code (roles, playbooks, templates,
+this package), the inventory's folder (group_vars, host_vars, its templates/), each app's
+source (as its release id does), and every variable the host has in this run, templated (so
+-e, a dynamic inventory and lookups count too), with the groups and the addresses of the other
+hosts, which a load balancer's or a database host's settings name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from flaskstack import packaging
+
+PROJECT = Path(__file__).resolve().parent.parent
+# The project's parts a run reads; the rest (tests, bench, docs) changes no host.
+PROJECT_PARTS = ("roles", "playbooks", "templates", "flaskstack", "site.yml", "ansible.cfg")
+NOT_SOURCE = ["__pycache__", "*.pyc", ".pytest_cache", ".git"]
+
+# Variables that say how this run is made, not what a host should be: the shortcut's own
+# settings, Ansible's magic variables (some change every run: omit's placeholder, the
+# verbosity, the limit), facts, and the roles' private ones (__name: a task's own).
+CONNECTION = ("ansible_host", "ansible_port", "ansible_user", "ansible_become_user")
+MAGIC = frozenset(
+    {
+        "omit",
+        "playbook_dir",
+        "inventory_file",
+        "groups",
+        "hostvars",
+        "vars",
+        "environment",
+        "play_hosts",
+        "role_names",
+        "module_setup",
+        "discovered_interpreter_python",
+    }
+)
+
+
+def run_variables(hostvars: Mapping) -> dict:
+    """The host's variables that describe what it should be, templated; a variable that
+    cannot be templated counts by its name and error."""
+    found = {}
+    for name in sorted(hostvars):
+        if (
+            name in MAGIC
+            or name.startswith(("__", "flaskstack_skip_unchanged"))
+            or (name.startswith("ansible_") and name not in CONNECTION)
+        ):
+            continue
+        try:
+            found[name] = hostvars[name]
+        except Exception as error:  # noqa: BLE001 - a variable this run never reads may not template
+            found[name] = f"<{type(error).__name__}>"
+    return found
+
+
+def tree_digest(path: Path, exclude: list[str]) -> str:
+    """The digest of a file or of a folder's files (names, executable bits, contents)."""
+    if path.is_dir():
+        return packaging.release_id(path, exclude, [])
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return "missing"
+
+
+def inputs_digest(
+    hostvars: Mapping, groups: Mapping, addresses: Mapping, inventory_dir: str, apps: list, defaults: Mapping
+) -> str:
+    """One digest of everything the run is given for this host."""
+    default_exclude = defaults.get("exclude", [])
+    parts = {
+        "variables": run_variables(hostvars),
+        "groups": {name: sorted(hosts) for name, hosts in groups.items() if name.startswith("flaskstack")},
+        "addresses": dict(sorted(addresses.items())),
+        "project": {part: tree_digest(PROJECT / part, NOT_SOURCE) for part in PROJECT_PARTS},
+        "inventory": tree_digest(Path(inventory_dir), NOT_SOURCE) if inventory_dir else "none",
+        # As a release id is made (the app's exclude), so local data in the source does not count.
+        "apps": {
+            str(app.get("name")): tree_digest(
+                Path(str(app["src"])), list(app.get("exclude", default_exclude))
+            )
+            for app in apps
+            if app.get("src")
+        },
+    }
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

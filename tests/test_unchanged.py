@@ -1,0 +1,209 @@
+"""flaskstack_skip_unchanged's two halves, without a target: the control node's digest of a
+run's inputs (flaskstack/unchanged.py) and the host's state and record (the flaskstack_state
+module, run through Ansible on this machine as a task runs it). The demo target's tests run
+it for real: a skipped run, and drift that makes the next run run every task."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+
+from flaskstack import unchanged
+from tests.targets import BIN, ROOT
+
+MODULE = ROOT / "roles/flaskstack/library/flaskstack_state.py"
+spec = importlib.util.spec_from_file_location("flaskstack_state", MODULE)
+state_module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(state_module)
+
+
+class Vars(dict):
+    """hostvars of one host: a variable that cannot be templated raises on access."""
+
+    def __getitem__(self, name):
+        value = super().__getitem__(name)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+
+def digest(tmp_path, variables=None, **more):
+    app = tmp_path / "app"
+    inventory = tmp_path / "inventory"
+    for folder in (app, inventory):
+        folder.mkdir(exist_ok=True)
+    if not (app / "hello.py").exists():
+        (app / "hello.py").write_text("app = 1\n")
+        (inventory / "hosts.yml").write_text("flaskstack: {hosts: {demo: {}}}\n")
+    hostvars = Vars({"flaskstack_apps": [{"name": "hello", "src": str(app)}], **(variables or {})})
+    args = {
+        "groups": {"flaskstack": ["demo"], "all": ["demo"], "ungrouped": []},
+        "addresses": {"demo": ""},
+        "inventory_dir": str(inventory),
+        "apps": [{"name": "hello", "src": str(app)}],
+        "defaults": {"exclude": [".git", "instance"]},
+        **more,
+    }
+    return unchanged.inputs_digest(hostvars, **args)
+
+
+def test_the_digest_changes_with_what_a_run_is_given_and_only_with_that(tmp_path):
+    base = digest(tmp_path)
+    assert base == digest(tmp_path)
+    # How the run is made, the shortcut's own settings and a task's private facts: the same run.
+    for name, value in [
+        ("ansible_verbosity", 3),
+        ("omit", "__omit_place_holder__5f1c"),
+        ("playbook_dir", "/elsewhere"),
+        ("flaskstack_skip_unchanged", False),
+        ("__flaskstack_python3", {"stdout": "python3 present"}),
+    ]:
+        assert digest(tmp_path, {name: value}) == base, name
+    # A variable (from the inventory, -e, a lookup), an address in the cluster, a group.
+    assert digest(tmp_path, {"nginx_worker_connections": 2048}) != base
+    assert digest(tmp_path, {"ansible_port": 2200}) != base
+    assert digest(tmp_path, addresses={"demo": "10.0.0.5"}) != base
+    assert digest(tmp_path, groups={"flaskstack": ["demo", "app2"]}) != base
+    # A variable this run cannot template counts by its error, and does not stop the run.
+    broken = digest(tmp_path, {"half_made": KeyError("nope")})
+    assert broken not in (base, digest(tmp_path, {"half_made": "value"}))
+    # The app's source (not what it excludes) and the inventory's folder.
+    (tmp_path / "app" / "instance").mkdir()
+    (tmp_path / "app" / "instance" / "dev.db").write_text("local data")
+    assert digest(tmp_path) == base
+    (tmp_path / "app" / "hello.py").write_text("app = 2\n")
+    changed_app = digest(tmp_path)
+    assert changed_app != base
+    (tmp_path / "inventory" / "hosts.yml").write_text("flaskstack: {hosts: {demo: {ansible_port: 22}}}\n")
+    assert digest(tmp_path) != changed_app
+
+
+def run_module(args: dict, *flags: str) -> dict:
+    result = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "localhost",
+            "-c",
+            "local",
+            "-m",
+            "flaskstack_state",
+            "-a",
+            json.dumps(args),
+            *flags,
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "ANSIBLE_LIBRARY": str(MODULE.parent),
+            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    report, _ = json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{") :])
+    return report["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+def test_the_host_is_compared_with_the_record_of_the_last_complete_run(tmp_path):
+    etc = tmp_path / "etc"
+    (etc / "nginx" / "sites-enabled").mkdir(parents=True)
+    site = etc / "nginx" / "sites-enabled" / "hello.conf"
+    site.write_text("server { listen 80; }\n")
+    (etc / "resolv.conf").write_text("nameserver 10.0.0.1\n")
+    (etc / "sysctl.d").mkdir()
+    (etc / "sysctl.d" / "90-flaskstack.conf").write_text("# kernel\nkernel.pid_max = 4194304\n")
+    app = tmp_path / "srv" / "hello"
+    (app / "releases" / "aaa").mkdir(parents=True)
+    (app / "releases" / "aaa" / "big.bin").write_bytes(b"0" * 1000)
+    (app / "current").symlink_to(app / "releases" / "aaa")
+    record = tmp_path / "lib" / "last-run.json"
+    said = tmp_path / "said"
+    said.write_text("one")
+    args = {
+        "inputs": "abc",
+        "record": str(record),
+        "paths": [
+            {"path": str(etc), "exclude": ["resolv.conf"]},
+            {"path": str(app), "depth": 1, "content": False},
+            {"path": str(app / "releases"), "depth": 1, "content": False},
+        ],
+        "commands": [["/bin/cat", str(said)], ["/nonexistent/nft", "list", "ruleset"]],
+    }
+
+    first = run_module(args)
+    assert first["unchanged"] is False and first["reason"] == "no record of a complete run on this host"
+    assert run_module({**args, "write": True}, "--check")["changed"] is False
+    assert not record.exists(), "check mode wrote the record"
+    written = run_module({**args, "write": True})
+    assert written["changed"] is False and record.exists()
+    assert oct(record.stat().st_mode & 0o777) == "0o600"
+    stored = json.loads(record.read_text())
+    assert str(site) in stored["state"] and str(etc / "resolv.conf") not in stored["state"]
+    assert "sysctl kernel.pid_max" in stored["state"]
+    # Depth 1 under the app: its links and folders, not a release's files.
+    assert stored["state"][str(app / "current")] == f"link -> {app / 'releases' / 'aaa'}"
+    assert not [key for key in stored["state"] if key.endswith("big.bin")]
+
+    again = run_module(args)
+    assert again["unchanged"] is True, again["reason"]
+    assert again["reason"].startswith("as the last complete run left it (")
+
+    # What does not count: an excluded file, a release's own files, the record itself.
+    (etc / "resolv.conf").write_text("nameserver 10.0.0.2\n")
+    (app / "releases" / "aaa" / "big.bin").write_bytes(b"1" * 1000)
+    assert run_module(args)["unchanged"] is True
+
+    # Each kind of drift, named.
+    assert run_module({**args, "inputs": "abd"})["reason"].startswith("this run's inputs")
+    site.write_text("server { listen 81; }\n")
+    assert run_module(args)["reason"] == (f"the host changed since the last complete run: {site} changed")
+    site.write_text("server { listen 80; }\n")
+    site.chmod(0o600)
+    assert f"{site} changed" in run_module(args)["reason"]
+    site.chmod(0o644)
+    (app / "current").unlink()
+    (app / "current").symlink_to(app / "releases" / "bbb")
+    (app / "deploy.lock").write_text("{}")
+    reason = run_module(args)["reason"]
+    assert f"{app / 'current'} changed" in reason and f"{app / 'deploy.lock'} is new" in reason
+    (app / "deploy.lock").unlink()
+    (app / "current").unlink()
+    (app / "current").symlink_to(app / "releases" / "aaa")
+    said.write_text("two")
+    assert f"command /bin/cat {said} changed" in run_module(args)["reason"]
+    said.write_text("one")
+    shutil.rmtree(etc / "nginx" / "sites-enabled")
+    assert f"{site} is gone" in run_module(args)["reason"]
+
+
+def test_a_record_too_old_or_of_another_version_is_not_trusted():
+    now = {"file /etc/x": "file 0o644 0:0 aa"}
+    record = {"version": state_module.VERSION, "at": 1000.0, "inputs": "abc", "state": now}
+    assert state_module.compare(record, "abc", now, 600, clock=lambda: 1500.0)[0] is True
+    unchanged_, reason = state_module.compare(record, "abc", now, 600, clock=lambda: 1000.0 + 7300)
+    assert not unchanged_ and "2 h ago (flaskstack_skip_unchanged_for: 600 s)" in reason
+    assert state_module.compare(record, "abc", now, 0, clock=lambda: 1e12)[0] is True
+    assert state_module.compare({**record, "version": 0}, "abc", now, 600, clock=lambda: 1500.0)[0] is False
+
+
+def test_unit_states_are_read_in_one_call_and_say_what_changed():
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        out = "Id=nginx.service\nActiveState=active\n\nId=redis-server.service\nActiveState=inactive\n"
+        return 0, out, ""
+
+    found = state_module.unit_states(run, ["redis-server.service", "nginx.service", "nginx.service"])
+    assert len(calls) == 1
+    assert found == {"unit nginx.service": "active", "unit redis-server.service": "inactive"}
+    said = state_module.differences({**found, "unit redis-server.service": "active"}, found)
+    assert said == ["unit redis-server.service is inactive (was active)"]
+    many = {f"file /etc/{i}": "a" for i in range(9)}
+    assert state_module.differences(many, {})[-1] == "4 more"
