@@ -790,6 +790,13 @@ def _server_worker(app: dict) -> list[str]:
             f'.worker_class ({app["name"]}) is "gevent", which flaskstack runs under gunicorn only: '
             "use worker_class sync or gthread with server uwsgi."
         ]
+    preload = str(app.get("preload", False)).lower() in ("true", "yes", "on", "1")  # -e gives a string
+    if preload and app.get("worker_class") == "gevent":
+        return [
+            f'.preload ({app["name"]}) is true with worker_class "gevent": gevent patches the standard '
+            "library in each worker, after a preloaded app was imported without it; use preload: false, "
+            "or worker_class sync or gthread."
+        ]
     return []
 
 

@@ -181,6 +181,10 @@ CASES = {
         {"flaskstack_apps": [app(server="uwsgi", worker_class="gevent")]},
         r"flaskstack_apps\[0\]\.worker_class \(hello\) is \"gevent\", which flaskstack runs under gunicorn",
     ),
+    "preload with gevent": (
+        {"flaskstack_apps": [app(worker_class="gevent", preload=True)]},
+        r"flaskstack_apps\[0\]\.preload \(hello\) is true with worker_class \"gevent\"",
+    ),
     "migrate_once that is not a boolean": (
         {"flaskstack_apps": [app(migrate_once="sometimes")]},
         r"migrate_once.*sometimes|sometimes.*migrate_once",

@@ -114,6 +114,7 @@ def test_websocket_echo_through_nginx(host, app, worker):
     assert echo == f"hi from {app}"
     config = host.file(f"/etc/flaskstack/{app}/gunicorn.conf.py").content_string
     assert f'worker_class = "{worker}"' in config
+    assert f"preload_app = {app == 'hello'}" in config  # hello's workers forked from its import
     assert f"Using worker: {worker}" in host.check_output(f"journalctl -u {app}.service --no-pager -o cat")
 
 
