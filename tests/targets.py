@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -42,6 +43,25 @@ def connection(port: int) -> dict:
         "ansible_ssh_common_args": f"-o UserKnownHostsFile={SSH / 'known_hosts'} "
         "-o StrictHostKeyChecking=accept-new",
     }
+
+
+def module_here(role: str, module: str, args: dict, *flags: str) -> dict:
+    """A role's own module run by Ansible on this machine (ad hoc, connection local), as a task
+    runs it; its result."""
+    result = subprocess.run(
+        [str(BIN / "ansible"), "localhost", "-c", "local", "-m", module, "-a", json.dumps(args), *flags],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "ANSIBLE_LIBRARY": str(ROOT / "roles" / role / "library"),
+            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        },
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    # ansible.cfg's timing callbacks print around the JSON.
+    report, _ = json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{") :])
+    return report["plays"][0]["tasks"][0]["hosts"]["localhost"]
 
 
 def on_target(command: str, port: int = 2222, check: bool = True) -> subprocess.CompletedProcess:

@@ -6,43 +6,15 @@ a second run that changes nothing, lineinfile's rule for lines, and a clear fail
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 
 import pytest
 
-from tests.targets import BIN, ROOT
+from tests.targets import module_here
 
 
 def files_module(args: dict, *flags: str) -> dict:
-    result = subprocess.run(
-        [
-            str(BIN / "ansible"),
-            "localhost",
-            "-c",
-            "local",
-            "-m",
-            "flaskstack_files",
-            "-a",
-            json.dumps(args),
-            *flags,
-        ],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "ANSIBLE_LIBRARY": str(ROOT / "roles/host/library"),
-            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-            "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    # ansible.cfg's timing callbacks print around the JSON.
-    report, _ = json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{") :])
-    return report["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return module_here("host", "flaskstack_files", args, *flags)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="writes files owned by root, as on a host")

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
 
 from flaskstack import unchanged
-from tests.targets import BIN, ROOT
+from tests.targets import ROOT, module_here
 
 MODULE = ROOT / "roles/flaskstack/library/flaskstack_state.py"
 spec = importlib.util.spec_from_file_location("flaskstack_state", MODULE)
@@ -82,32 +80,7 @@ def test_the_digest_changes_with_what_a_run_is_given_and_only_with_that(tmp_path
 
 
 def run_module(args: dict, *flags: str) -> dict:
-    result = subprocess.run(
-        [
-            str(BIN / "ansible"),
-            "localhost",
-            "-c",
-            "local",
-            "-m",
-            "flaskstack_state",
-            "-a",
-            json.dumps(args),
-            *flags,
-        ],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "ANSIBLE_LIBRARY": str(MODULE.parent),
-            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-            "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    report, _ = json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{") :])
-    return report["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return module_here("flaskstack", "flaskstack_state", args, *flags)
 
 
 def test_the_host_is_compared_with_the_record_of_the_last_complete_run(tmp_path):
