@@ -64,7 +64,9 @@ def module_here(role: str, module: str, args: dict, *flags: str) -> dict:
     return report["plays"][0]["tasks"][0]["hosts"]["localhost"]
 
 
-def on_target(command: str, port: int = 2222, check: bool = True) -> subprocess.CompletedProcess:
+def on_target(
+    command: str, port: int = 2222, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run a shell command as root (the deploy user, through sudo) on the target whose sshd is
     on 127.0.0.1:port."""
     result = subprocess.run(
@@ -73,7 +75,7 @@ def on_target(command: str, port: int = 2222, check: bool = True) -> subprocess.
             "-o", "StrictHostKeyChecking=accept-new", "-i", str(SSH / "id_ed25519"), "-p", str(port),
             f"{DEPLOY_USER}@127.0.0.1", f"sudo -n /bin/sh -c {shlex.quote(command)}",
         ],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     if check:
         assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"

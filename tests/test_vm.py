@@ -100,8 +100,8 @@ def healthz(timeout: float = 300) -> dict:
             time.sleep(5)
 
 
-def vm(command: str, check: bool = True) -> subprocess.CompletedProcess:
-    return on_target(command, port=SSH_PORT, check=check)
+def vm(command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    return on_target(command, port=SSH_PORT, check=check, timeout=timeout)
 
 
 def changed(output: str) -> int:
@@ -217,9 +217,10 @@ def test_a_reboot_comes_back_serving(provisioned):
 
 
 def test_lynis_rates_the_host_80_or_more(provisioned):
-    vm("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lynis >/dev/null")
+    vm("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lynis >/dev/null", timeout=900)
     start = time.monotonic()
-    vm("lynis audit system --quick --no-colors > /var/tmp/lynis.out 2>&1 || true")
+    # Minutes on an emulated CPU.
+    vm("lynis audit system --quick --no-colors > /var/tmp/lynis.out 2>&1 || true", timeout=1800)
     TIMES["lynis"] = round(time.monotonic() - start, 1)
     report = vm("cat /var/log/lynis-report.dat").stdout
     index = int(re.search(r"^hardening_index=(\d+)", report, re.M).group(1))
