@@ -56,7 +56,8 @@ def run_variables(hostvars: Mapping) -> dict:
         ):
             continue
         try:
-            found[name] = hostvars[name]
+            # Serialised here: a nested value may be templated only as it is read.
+            found[name] = json.dumps(hostvars[name], sort_keys=True, default=str)
         except Exception as error:  # noqa: BLE001 - a variable this run never reads may not template
             found[name] = f"<{type(error).__name__}>"
     return found

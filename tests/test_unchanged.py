@@ -28,6 +28,13 @@ class Vars(dict):
         return value
 
 
+class Unreadable(dict):
+    """A mapping whose items fail as they are read."""
+
+    def items(self):
+        raise KeyError("not templated")
+
+
 def digest(tmp_path, variables=None, **more):
     app = tmp_path / "app"
     inventory = tmp_path / "inventory"
@@ -68,6 +75,8 @@ def test_the_digest_changes_with_what_a_run_is_given_and_only_with_that(tmp_path
     # A variable this run cannot template counts by its error, and does not stop the run.
     broken = digest(tmp_path, {"half_made": KeyError("nope")})
     assert broken not in (base, digest(tmp_path, {"half_made": "value"}))
+    # Nor one whose inner value fails as it is read (Ansible templates nested values lazily).
+    assert digest(tmp_path, {"half_made": {"inner": Unreadable(x=1)}}) == broken
     # The app's source (not what it excludes) and the inventory's folder.
     (tmp_path / "app" / "instance").mkdir()
     (tmp_path / "app" / "instance" / "dev.db").write_text("local data")
