@@ -790,7 +790,8 @@ def _server_worker(app: dict) -> list[str]:
             f'.worker_class ({app["name"]}) is "gevent", which flaskstack runs under gunicorn only: '
             "use worker_class sync or gthread with server uwsgi."
         ]
-    preload = str(app.get("preload", False)).lower() in ("true", "yes", "on", "1")  # -e gives a string
+    # A templated value may arrive as a string.
+    preload = str(app.get("preload", False)).lower() in ("true", "yes", "on", "1")
     if preload and app.get("worker_class") == "gevent":
         return [
             f'.preload ({app["name"]}) is true with worker_class "gevent": gevent patches the standard '

@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from flaskstack import packaging
+from flaskstack import model, packaging
 
 PROJECT = Path(__file__).resolve().parent.parent
 # The project's parts a run reads; the rest (tests, bench, docs) changes no host.
@@ -42,6 +42,35 @@ MAGIC = frozenset(
         "discovered_interpreter_python",
     }
 )
+
+
+# What of a host the record holds besides each app's folders (the flaskstack_state module walks
+# them): all of /etc (every settings file the roles write, the packages' own, users, units and
+# their enablement) but for the files the system rewrites by itself (the loader's cache follows
+# the packages), the packages installed, the tools in /usr/local and flaskstack's own state.
+HOST_PATHS = (
+    {"path": "/etc", "exclude": ["resolv.conf", "adjtime", "mtab", "ld.so.cache", ".pwd.lock"]},
+    {"path": "/usr/local"},
+    {"path": "/var/lib/dpkg/status"},
+    {"path": "/var/lib/flaskstack"},
+)
+
+
+def state_paths(apps: list, defaults: Mapping, layout: model.Layout) -> list[dict]:
+    """The paths the host's state is read from: HOST_PATHS, which apps the root holds, and each
+    app's folders one level deep (which release is live, which are kept, a deploy's lock) and
+    config files, where the app model puts them."""
+    found = [dict(spec) for spec in HOST_PATHS] + [{"path": layout.root, "depth": 1, "content": False}]
+    for raw in apps:
+        app = model.merge(dict(defaults), dict(raw))
+        app["config_paths"] = model.config_paths(app)
+        where = model.paths(app, layout)
+        found += [
+            {"path": where[folder], "depth": 1, "content": False}
+            for folder in ("home", "releases_dir", "shared_dir")
+        ]
+        found += [{"path": config["target"]} for config in where["configs"]]
+    return found
 
 
 def run_variables(hostvars: Mapping) -> dict:

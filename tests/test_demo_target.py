@@ -70,7 +70,7 @@ def test_a_run_with_nothing_to_do_skips_the_host(demo_runs):
 # distribution's files (the packages are recorded); and what each app writes or keeps under
 # its folder: a release's files (written once, by the release tool), the wheelhouse and
 # uploads a deploy brings, the app's data, backups, and the last good settings. And the files
-# in /etc the record leaves out by name (roles/flaskstack/vars/main.yml: the system rewrites
+# in /etc the record leaves out by name (flaskstack/unchanged.py: the system rewrites
 # them; the loader's cache follows the packages), and the record itself.
 LEFT_OUT = re.compile(
     r"^/(var/(log|cache|tmp|backups|spool|mail|www)/|var/lib/(?!flaskstack/)|tmp/|root/|home/|usr/(?!local/)"

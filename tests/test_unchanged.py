@@ -189,3 +189,14 @@ def test_unit_states_are_read_in_one_call_and_say_what_changed():
     assert said == ["unit redis-server.service is inactive (was active)"]
     many = {f"file /etc/{i}": "a" for i in range(9)}
     assert state_module.differences(many, {})[-1] == "4 more"
+
+
+def test_the_apps_folders_come_from_the_app_model(tmp_path):
+    """Where the record reads each app: the model's layout (another root here) and config files."""
+    layout = unchanged.model.Layout(root="/opt/apps", config_dir="/etc/apps", run_dir="/run/apps")
+    apps = [{"name": "hello", "config_files": [{"path": "instance/config.py", "python": {}}]}]
+    found = unchanged.state_paths(apps, {"shared_dirs": ["instance"]}, layout)
+    assert {"path": "/opt/apps", "depth": 1, "content": False} in found
+    assert {"path": "/opt/apps/hello/releases", "depth": 1, "content": False} in found
+    assert {"path": "/opt/apps/hello/shared/instance/config.py"} in found
+    assert found[0]["path"] == "/etc" and "resolv.conf" in found[0]["exclude"]

@@ -74,6 +74,12 @@ def inputs(hostvars, host, groups, inventory_dir, apps, defaults):
     )
 
 
+def state_paths(apps, defaults, root, config_dir, run_dir):
+    """The paths the host's state is read from (flaskstack/unchanged.py)."""
+    layout = model.Layout(root=root, config_dir=config_dir, run_dir=run_dir)
+    return unchanged.state_paths(list(apps), dict(defaults), layout)
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -84,6 +90,7 @@ class FilterModule:
             "flaskstack_host_errors": host_errors,
             "flaskstack_inputs": inputs,
             "flaskstack_root_login": root_login,
+            "flaskstack_state_paths": state_paths,
             "flaskstack_sysctl": sysctl,
             "flaskstack_public_ports": public_ports,
             "flaskstack_python_settings": python_settings,
