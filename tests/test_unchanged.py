@@ -114,6 +114,8 @@ def test_the_host_is_compared_with_the_record_of_the_last_complete_run(tmp_path)
             {"path": str(etc), "exclude": ["resolv.conf"]},
             {"path": str(app), "depth": 1, "content": False},
             {"path": str(app / "releases"), "depth": 1, "content": False},
+            # The record's own folder, absent before the first record (as on a new host).
+            {"path": str(record.parent)},
         ],
         "commands": [["/bin/cat", str(said)], ["/nonexistent/nft", "list", "ruleset"]],
     }

@@ -253,9 +253,7 @@ def read_record(path):
 
 
 def write_record(path, inputs, now, clock=time.time):
-    folder = os.path.dirname(path)
-    os.makedirs(folder, mode=0o755, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".last-run.")
+    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".last-run.")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump({"version": VERSION, "at": clock(), "inputs": inputs, "state": now}, handle, sort_keys=True)
     os.chmod(temporary, 0o600)
@@ -297,6 +295,10 @@ def main():
     # The record and its temporary files are not part of what they record.
     ours = [os.path.basename(record), ".last-run.*"]
     paths = [dict(spec, exclude=[*spec["exclude"], *ours]) for spec in params["paths"]]
+    if params["write"] and not module.check_mode:
+        # The record's folder made before the state is read, so the state recorded is the one
+        # the next run finds (on a host's first run, the folder is new).
+        os.makedirs(os.path.dirname(record), mode=0o755, exist_ok=True)
     now = state(run, paths, params["units"], params["commands"])
     if params["write"]:
         if not module.check_mode:
