@@ -48,6 +48,8 @@ INVENTORY_APPS = {
         "static_dir": "flaskr/static",
         "health_path": "/",
         "init_command": "flask --app flaskr init-db",
+        # Imported once by gunicorn's master and forked, on an app not written for it.
+        "preload": True,
         "config_files": [{"path": "instance/config.py", "python": {"SECRET_KEY": SECRET}}],
     },
     "kvstore": {"entry_point": "kvstore:create_app()"},
@@ -212,6 +214,17 @@ def test_each_shape_is_detected_and_reported(suite):
     single = "single: requirements file requirements.txt (1 requirement); the code runs from the release"
     assert single in output
     assert "pinned: requirements file requirements.txt (7 requirements)" in output
+
+
+def test_the_next_run_with_nothing_changed_skips_the_host(suite):
+    """A user's next run, before any write or deploy: the host is as the first run left it,
+    five apps of shapes flaskstack was not written for, so it is skipped."""
+    t = time.monotonic()
+    again = run(str(BIN / "ansible-playbook"), "site.yml", "-i", str(suite[0]))
+    TIMES["site.yml, all five"]["nothing to do"] = time.monotonic() - t
+    assert again.returncode == 0, again.output[-3000:]
+    said = re.findall(r"(?:Nothing to do|Every task runs): [^']*", " ".join(again.output.split()))
+    assert said and said[0].startswith("Nothing to do: this host is as the last complete run left it"), said
 
 
 @pytest.mark.parametrize("app", list(INVENTORY_APPS))
