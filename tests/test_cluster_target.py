@@ -5,8 +5,9 @@ user would: the load balancer's HTTPS on localhost:8493 (127.0.0.1) answers from
 app host in turn, an app host answers the load balancer only, an app host stopped and
 started under load costs no request, a second run changes nothing, rolling deploys by
 fab and by ansible-playbook (good, failed, killed) cost no request, a batch of every
-app host switches them together, and the app hosts
-share one PostgreSQL database (TLS, pg_hba, nightly dumps). Removed at the end.
+app host switches them together (and a release all of them refuse, or one host out of
+reach, changes none), and the app hosts share one PostgreSQL database (TLS, pg_hba,
+nightly dumps). Removed at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.appvariants import breaks_on_host, variant
+from bench.appvariants import breaks_import, breaks_on_host, variant
 from bench.traffic import Load
 from tests.targets import EVERY_TASK, on_target, run
 
@@ -353,6 +355,41 @@ def test_a_batch_of_every_app_host_switches_them_in_one_phase(cluster, tmp_path)
     assert all(s["in_pool"] for s in pool_status().values())
     back = fab("rollback", "-i", INVENTORY)
     assert back.returncode == 0, back.output
+    assert serving() == before
+
+
+def test_a_release_every_host_of_a_batch_refuses_leaves_each_serving_what_it_did(cluster, tmp_path):
+    """--batch 3 with a release that does not import: each host's gates refuse it before its
+    switch, so every host serves what it did, and every one is in the pool."""
+    before = serving()
+    src = variant(tmp_path, f"broken-all-{RUN}", breaks_import)
+    result = fab("deploy", "-i", INVENTORY, "--app", "hello", "--src", str(src), "--batch", "3")
+    assert result.returncode == 1, result.output
+    for name in APP_HOSTS:
+        assert f"[{name}] FAILED" in result.stdout, result.stdout
+    assert "ACTIVATED" not in result.stdout, result.stdout
+    assert serving() == before
+    assert all(s["in_pool"] for s in pool_status().values())
+
+
+def test_one_app_host_out_of_reach_stops_the_deploy_before_anything(cluster, tmp_path):
+    """The cluster's inventory with app3's SSH port wrong: fab says which host it cannot
+    reach, before it packages anything, and no host changes."""
+    # Two levels under the project, as inventory/cluster: its paths are inventory_dir/../..
+    folder = ROOT / ".demo" / f"cluster-one-gone-{RUN}"
+    shutil.copytree(ROOT / INVENTORY, folder)
+    try:
+        hosts = yaml.safe_load((folder / "hosts.yml").read_text())
+        hosts["cluster"]["children"]["flaskstack"]["hosts"]["app3"]["ansible_port"] = 2299
+        (folder / "hosts.yml").write_text(yaml.safe_dump(hosts))
+        before = serving()
+        src = variant(tmp_path, f"one-gone-{RUN}")
+        result = fab("deploy", "-i", str(folder), "--app", "hello", "--src", str(src), "--batch", "3")
+    finally:
+        shutil.rmtree(folder)
+    assert result.returncode == 1, result.output
+    assert "app3 (127.0.0.1:2299) is unreachable" in result.output, result.output
+    assert "== package" not in result.output
     assert serving() == before
 
 
