@@ -16,6 +16,12 @@ Against the demo target over SSH:
                               on a TCP port, both measured by wrk inside the target
                               (10 s, 16 connections each: nothing leaves 127.0.0.1)
 
+on a twin of the demo target with APPS apps (container flaskstack-apps, SSH on 127.0.0.1:2264,
+made by the demo's playbook and removed at the end; --apps 0 leaves it out):
+
+  ansible-playbook site.yml   nothing to do with APPS apps on one host (after its cold run,
+                              which leaves the record), and one run of every task
+
 and, when the cluster is up (a load balancer, three app hosts, a database host):
 
   ansible-playbook site.yml   nothing to do on its 5 hosts
@@ -29,7 +35,9 @@ script exits 1 if a goal is missed.
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import secrets
 import shlex
 import statistics
 import subprocess
@@ -41,6 +49,9 @@ from pathlib import Path
 from appvariants import adds_requirement, variant
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # one way to make a target: the tests'
+from tests.targets import connection, start_target  # noqa: E402
+
 BIN = ROOT / ".venv" / "bin"
 FAB, PLAYBOOK = str(BIN / "fab"), str(BIN / "ansible-playbook")
 # site.yml puts the inventory's release back after newer fab deploys: on purpose, so asked for.
@@ -50,11 +61,15 @@ EVERY_TASK = ["-e", "flaskstack_skip_unchanged=false"]
 DEMO = "flaskstack-demo"
 # The twin gunicorn's port inside the demo target (nothing is published on it).
 TWIN_PORT = 8099
+# The twin with many apps on one host.
+MANY, MANY_SSH, MANY_HTTP = "flaskstack-apps", 2264, 8264
+# A row of the table: what, seconds of each run, goal in seconds or None.
+Row = tuple[str, list[float], float | None]
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str], timeout: float = 900) -> float:
     start = time.monotonic()
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
     took = time.monotonic() - start
     if result.returncode != 0:
         sys.exit(f"{' '.join(argv)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
@@ -107,6 +122,58 @@ def nginx_over_direct(runs: int) -> tuple[list[float], list[float]]:
         in_demo(f"systemctl stop {unit}", check=False)
 
 
+def many_apps_inventory(work: Path, count: int) -> Path:
+    """An inventory for the twin (its connection as the tests write one) with `count` copies
+    of the sample app's web side as the demo deploys it (preload, migrations when they
+    change, its data in SQLite), each on its own Host name; two app server workers each, to
+    fit the machine. Each app's secret key is made here and lives in the temporary folder
+    only."""
+    inventory = work / "apps-inventory"
+    (inventory / "group_vars").mkdir(parents=True)
+    names = [f"app{n:02d}" for n in range(1, count + 1)]
+    apps = [
+        {
+            "name": name,
+            "src": str(ROOT / "app"),
+            "entry_point": "hello:create_app()",
+            "server_names": [f"{name}.test"],
+            "static_dir": "hello/static",
+            "preload": True,
+            "migrate_command": "flask --app hello db upgrade",
+            "migrate_when_changed": ["migrations"],
+            "env": {"FLASK_INSTANCE_PATH": f"/srv/{name}/shared/data"},
+            "secret_env": {"FLASK_SECRET_KEY": secrets.token_urlsafe(36)},
+        }
+        for name in names
+    ]
+    # JSON is YAML: the files are written as JSON, read by Ansible's YAML inventory plugin.
+    hosts = {"flaskstack": {"hosts": {"many": connection(MANY_SSH)}}}
+    (inventory / "hosts.yml").write_text(json.dumps(hosts, indent=1))
+    group = {"flaskstack_apps": apps, "appserver_workers": 2}
+    (inventory / "group_vars" / "flaskstack.yml").write_text(json.dumps(group, indent=1))
+    inventory.chmod(0o700)
+    return inventory
+
+
+def many_apps(work: Path, count: int, runs: int, one_app: float) -> list[Row]:
+    """No-change runs with `count` apps on one host, against 2x the one-app figure."""
+    subprocess.run(["docker", "rm", "-f", MANY], capture_output=True, check=False)
+    start_target(MANY, MANY_SSH, MANY_HTTP)
+    try:
+        inventory = ["-i", str(many_apps_inventory(work, count))]
+        cold = timed([PLAYBOOK, "site.yml", *inventory], timeout=3600)  # its first run
+        # Every task (the setting itself is not an input: this run's record holds for the next).
+        every = timed([PLAYBOOK, "site.yml", *inventory, *EVERY_TASK], timeout=1800)
+        nothing = [timed([PLAYBOOK, "site.yml", *inventory]) for _ in range(runs)]
+    finally:
+        subprocess.run(["docker", "rm", "-f", MANY], capture_output=True, check=False)
+    return [
+        (f"site.yml, nothing to do, {count} apps on one host", nothing, 2.0 * one_app),
+        ("  the same, every task run (skip_unchanged off)", [every], None),
+        (f"  its first run (bare twin, {count} apps)", [cold], None),
+    ]
+
+
 def cluster_up() -> bool:
     names = subprocess.run(["docker", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     return {"flaskstack-lb", "flaskstack-app1", "flaskstack-db"} <= set(names.split())
@@ -115,11 +182,13 @@ def cluster_up() -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (default 3)")
+    parser.add_argument(
+        "--apps", type=int, default=10, help="apps on the many-apps twin (default 10; 0: no twin)"
+    )
     args = parser.parse_args()
     stamp = time.strftime("%H%M%S")
     deploy = [FAB, "deploy", "--app", "hello", "--src"]
-    # (what, seconds of each run, goal in seconds or None)
-    rows: list[tuple[str, list[float], float | None]] = []
+    rows: list[Row] = []
     timed([PLAYBOOK, "site.yml", "-i", "inventory/local", *BACK])  # start from the inventory's release
     # A complete run with the inventory's own inputs (the one above had -e): the record the
     # next runs find. Then as a user's next run goes (the host skipped), and every task run.
@@ -144,6 +213,8 @@ def main() -> int:
             if n < args.runs - 1:  # put a fab release live again, so the next run has a switch to make
                 timed([*deploy, last])
         rows.append(("ansible-playbook site.yml, full deploy", full, None))
+        if args.apps:
+            rows += many_apps(work, args.apps, args.runs, statistics.median(nothing))
         if cluster_up():
             cluster = ["-i", "inventory/cluster"]
             timed([PLAYBOOK, "site.yml", *cluster])  # a complete run: the record
