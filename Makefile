@@ -61,7 +61,7 @@ cluster: venv ## A load balancer, three app hosts and a database host (container
 
 .PHONY: clean
 clean: ## Remove the demo and cluster targets (containers, network, key, secrets)
-	-docker rm -f flaskstack-demo flaskstack-demo2 flaskstack-demo3 flaskstack-demo4 flaskstack-lb flaskstack-app1 flaskstack-app2 flaskstack-app3 flaskstack-db
+	-docker rm -f flaskstack-demo flaskstack-demo2 flaskstack-demo3 flaskstack-demo4 flaskstack-peer flaskstack-cold flaskstack-floor flaskstack-apps flaskstack-lb flaskstack-app1 flaskstack-app2 flaskstack-app3 flaskstack-db
 	-docker network rm flaskstack-cluster
 	-$(PLAYBOOK) playbooks/local_vm.yml -i inventory/vm -e local_vm_state=absent
 	rm -rf .demo
