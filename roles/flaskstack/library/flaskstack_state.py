@@ -295,14 +295,15 @@ def main():
     # The record and its temporary files are not part of what they record.
     ours = [os.path.basename(record), ".last-run.*"]
     paths = [dict(spec, exclude=[*spec["exclude"], *ours]) for spec in params["paths"]]
-    if params["write"] and not module.check_mode:
+    recording = params["write"] and not module.check_mode
+    if recording:
         # The record's folder made before the state is read, so the state recorded is the one
         # the next run finds (on a host's first run, the folder is new).
         os.makedirs(os.path.dirname(record), mode=0o755, exist_ok=True)
     now = state(run, paths, params["units"], params["commands"])
+    if recording:
+        write_record(record, params["inputs"], now)
     if params["write"]:
-        if not module.check_mode:
-            write_record(record, params["inputs"], now)
         # Bookkeeping, like a fact cache: not a change to the host's configuration.
         module.exit_json(changed=False, unchanged=False, reason="recorded", entries=len(now))
     unchanged, reason = compare(read_record(record), params["inputs"], now, params["max_age"])
