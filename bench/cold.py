@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))  # the project's own code: one wheelhouse, one way
 import yaml  # noqa: E402
 
 from flaskstack.packaging import build_wheelhouse, read_project, wheelhouse_archive  # noqa: E402
-from tests.targets import SSH, on_target, start_target  # noqa: E402
+from tests.targets import SSH, on_target, twin_target  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
 PLAYBOOK = str(BIN / "ansible-playbook")
@@ -65,10 +65,7 @@ def main() -> int:
     parser.parse_args()
     defaults = yaml.safe_load((ROOT / "roles/flaskstack/defaults/main.yml").read_text())
     gunicorn = defaults["flaskstack_server_packages"]["gunicorn"]
-    for name, ssh_port, http_port in ((COLD, COLD_SSH, COLD_HTTP), (FLOOR, FLOOR_SSH, FLOOR_HTTP)):
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-        start_target(name, ssh_port, http_port)
-    try:
+    with twin_target(COLD, COLD_SSH, COLD_HTTP), twin_target(FLOOR, FLOOR_SSH, FLOOR_HTTP):
         bare = packages(FLOOR_SSH)
         print("A cold site.yml (the demo's inventory, on a bare twin):")
         cold = timed(
@@ -105,9 +102,6 @@ def main() -> int:
                            "/tmp/venv/bin/pip install -q --no-index "
                            '--find-links "$(dirname "$(echo "$wheels" | head -n 1)")" $wheels'),
         )  # fmt: skip
-    finally:
-        for name in (COLD, FLOOR):
-            subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
     floor = update + install + pip
     ratio = cold / floor
     print(f"\n{'what':<40} {'seconds':>8}")

@@ -50,7 +50,7 @@ from appvariants import adds_requirement, variant
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # one way to make a target: the tests'
-from tests.targets import connection, start_target  # noqa: E402
+from tests.targets import connection, twin_target  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
 FAB, PLAYBOOK = str(BIN / "fab"), str(BIN / "ansible-playbook")
@@ -157,16 +157,12 @@ def many_apps_inventory(work: Path, count: int) -> Path:
 
 def many_apps(work: Path, count: int, runs: int, one_app: float) -> list[Row]:
     """No-change runs with `count` apps on one host, against 2x the one-app figure."""
-    subprocess.run(["docker", "rm", "-f", MANY], capture_output=True, check=False)
-    start_target(MANY, MANY_SSH, MANY_HTTP)
-    try:
+    with twin_target(MANY, MANY_SSH, MANY_HTTP):
         inventory = ["-i", str(many_apps_inventory(work, count))]
         cold = timed([PLAYBOOK, "site.yml", *inventory], timeout=3600)  # its first run
         # Every task (the setting itself is not an input: this run's record holds for the next).
         every = timed([PLAYBOOK, "site.yml", *inventory, *EVERY_TASK], timeout=1800)
         nothing = [timed([PLAYBOOK, "site.yml", *inventory]) for _ in range(runs)]
-    finally:
-        subprocess.run(["docker", "rm", "-f", MANY], capture_output=True, check=False)
     return [
         (f"site.yml, nothing to do, {count} apps on one host", nothing, 2.0 * one_app),
         ("  the same, every task run (skip_unchanged off)", [every], None),

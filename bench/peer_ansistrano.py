@@ -43,7 +43,7 @@ import yaml  # noqa: E402
 
 from appvariants import variant  # noqa: E402
 from flaskstack.packaging import build_wheelhouse, read_project, wheelhouse_archive  # noqa: E402
-from tests.targets import connection, on_target, start_target  # noqa: E402
+from tests.targets import connection, on_target, twin_target  # noqa: E402
 from traffic import live_release  # noqa: E402
 from zero_downtime import scenario  # noqa: E402
 
@@ -96,63 +96,62 @@ def main() -> int:
     defaults = yaml.safe_load((ROOT / "roles/flaskstack/defaults/main.yml").read_text())
     gunicorn = defaults["flaskstack_server_packages"]["gunicorn"]
 
-    start_target(PEER, PEER_SSH, PEER_HTTP)
     stamp = time.strftime("%H%M%S")
     rows: list[tuple[str, list[dict]]] = []  # (what, the scenario row of each run)
-    try:
-        with tempfile.TemporaryDirectory(prefix="flaskstack-peer-") as tmp:
-            work = Path(tmp)
-            inventory = work / "hosts.yml"
-            inventory.write_text(yaml.safe_dump({"peer": {"hosts": {"twin": connection(PEER_SSH)}}}))
-            # The app's secret key on the twin: made here, passed in a file (never on a command line).
-            secret = work / "secret.json"
-            secret.write_text(json.dumps({"peer_secret_key": secrets.token_hex(24)}))
-            secret.chmod(0o600)
-            on_twin = [PLAYBOOK, "-i", str(inventory), "-e", f"@{secret}"]
-            setup = subprocess.run([*on_twin, "bench/peer/setup.yml"], cwd=ROOT, capture_output=True,
-                                   text=True, timeout=900, check=False)  # fmt: skip
-            if setup.returncode != 0:
-                sys.exit(f"the twin's setup failed:\n{setup.stdout[-3000:]}")
-            # The same wheels as the demo's: the wheelhouse fab and site.yml build, for the twin's Python.
-            python = on_target("python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'", PEER_SSH)
-            arch = on_target("uname -m", PEER_SSH).stdout.strip()
-            _, folder = build_wheelhouse(
-                "hello", read_project(ROOT / "app"), gunicorn, python.stdout.strip(), arch,
-                defaults["flaskstack_wheel_platforms"][arch], [], Path.home() / ".cache" / "flaskstack",
-            )  # fmt: skip
-            peer_vars = {"peer_role": str(role), "peer_wheelhouse": str(wheelhouse_archive(folder)),
-                         "peer_gunicorn": gunicorn[0]}  # fmt: skip
+    with (
+        twin_target(PEER, PEER_SSH, PEER_HTTP),
+        tempfile.TemporaryDirectory(prefix="flaskstack-peer-") as tmp,
+    ):
+        work = Path(tmp)
+        inventory = work / "hosts.yml"
+        inventory.write_text(yaml.safe_dump({"peer": {"hosts": {"twin": connection(PEER_SSH)}}}))
+        # The app's secret key on the twin: made here, passed in a file (never on a command line).
+        secret = work / "secret.json"
+        secret.write_text(json.dumps({"peer_secret_key": secrets.token_hex(24)}))
+        secret.chmod(0o600)
+        on_twin = [PLAYBOOK, "-i", str(inventory), "-e", f"@{secret}"]
+        setup = subprocess.run([*on_twin, "bench/peer/setup.yml"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=900, check=False)  # fmt: skip
+        if setup.returncode != 0:
+            sys.exit(f"the twin's setup failed:\n{setup.stdout[-3000:]}")
+        # The same wheels as the demo's: the wheelhouse fab and site.yml build, for the twin's Python.
+        python = on_target("python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'", PEER_SSH)
+        arch = on_target("uname -m", PEER_SSH).stdout.strip()
+        _, folder = build_wheelhouse(
+            "hello", read_project(ROOT / "app"), gunicorn, python.stdout.strip(), arch,
+            defaults["flaskstack_wheel_platforms"][arch], [], Path.home() / ".cache" / "flaskstack",
+        )  # fmt: skip
+        peer_vars = {"peer_role": str(role), "peer_wheelhouse": str(wheelhouse_archive(folder)),
+                     "peer_gunicorn": gunicorn[0]}  # fmt: skip
 
-            def ansistrano(label: str) -> list[str]:
-                extra = {**peer_vars, "peer_archive": str(archive(variant(work, label)))}
-                return [*on_twin, "-e", json.dumps(extra), "bench/peer/deploy.yml"]
+        def ansistrano(label: str) -> list[str]:
+            extra = {**peer_vars, "peer_archive": str(archive(variant(work, label)))}
+            return [*on_twin, "-e", json.dumps(extra), "bench/peer/deploy.yml"]
 
-            # The first deploy starts gunicorn (not timed, as the demo's first is not).
-            first = subprocess.run(ansistrano(f"peer-{stamp}-first"), cwd=ROOT, capture_output=True,
-                                   text=True, timeout=900, check=False)  # fmt: skip
-            if first.returncode != 0:
-                sys.exit(f"ansistrano's first deploy failed:\n{first.stdout[-3000:]}")
-            deploy = [FAB, "deploy", "--app", "hello", "--src"]
-            name = "fab deploy, code only (demo)"
-            rows.append((name, [
-                under_load(name, [*deploy, str(variant(work, f"fab-{stamp}-{n}"))], DEMO_HTTP, load_args)
-                for n in range(args.runs)
-            ]))  # fmt: skip
-            name, full = "ansible-playbook site.yml, full deploy (demo)", []
-            for n in range(args.runs):
-                # A fab release live first: site.yml has a switch to make (the inventory's release back).
-                back = [*deploy, str(variant(work, f"back-{stamp}-{n}"))]
-                under_load("fab deploy, before site.yml", back, DEMO_HTTP, load_args)
-                site = [PLAYBOOK, "site.yml", "-i", "inventory/local", *BACK]
-                full.append(under_load(name, site, DEMO_HTTP, load_args))
-            rows.append((name, full))
-            name = "ansistrano deploy, code only (twin)"
-            rows.append((name, [
-                under_load(name, ansistrano(f"peer-{stamp}-{n}"), PEER_HTTP, load_args)
-                for n in range(args.runs)
-            ]))  # fmt: skip
-    finally:
-        subprocess.run(["docker", "rm", "-f", PEER], capture_output=True, check=False)
+        # The first deploy starts gunicorn (not timed, as the demo's first is not).
+        first = subprocess.run(ansistrano(f"peer-{stamp}-first"), cwd=ROOT, capture_output=True,
+                               text=True, timeout=900, check=False)  # fmt: skip
+        if first.returncode != 0:
+            sys.exit(f"ansistrano's first deploy failed:\n{first.stdout[-3000:]}")
+        deploy = [FAB, "deploy", "--app", "hello", "--src"]
+        name = "fab deploy, code only (demo)"
+        rows.append((name, [
+            under_load(name, [*deploy, str(variant(work, f"fab-{stamp}-{n}"))], DEMO_HTTP, load_args)
+            for n in range(args.runs)
+        ]))  # fmt: skip
+        name, full = "ansible-playbook site.yml, full deploy (demo)", []
+        for n in range(args.runs):
+            # A fab release live first: site.yml has a switch to make (the inventory's release back).
+            back = [*deploy, str(variant(work, f"back-{stamp}-{n}"))]
+            under_load("fab deploy, before site.yml", back, DEMO_HTTP, load_args)
+            site = [PLAYBOOK, "site.yml", "-i", "inventory/local", *BACK]
+            full.append(under_load(name, site, DEMO_HTTP, load_args))
+        rows.append((name, full))
+        name = "ansistrano deploy, code only (twin)"
+        rows.append((name, [
+            under_load(name, ansistrano(f"peer-{stamp}-{n}"), PEER_HTTP, load_args)
+            for n in range(args.runs)
+        ]))  # fmt: skip
 
     print(
         f"\nDeploys under load ({args.clients} clients x {args.rate:g} req/s on keep-alive, GET / through "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -102,3 +103,15 @@ def start_target(container: str, ssh_port: int, http_port: int) -> None:
         "-e", json.dumps({"local_targets": [target]}),
     )  # fmt: skip
     assert started.returncode == 0, started.output[-3000:]
+
+
+@contextlib.contextmanager
+def twin_target(container: str, ssh_port: int, http_port: int):
+    """A bare target of a benchmark's own (start_target), made fresh (whatever an earlier run
+    left under that name is removed first) and removed when the block ends, however it ends."""
+    subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
+    try:
+        start_target(container, ssh_port, http_port)
+        yield
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
