@@ -8,8 +8,11 @@ The demo is left running, as `make demo` leaves it (`make clean` removes it).
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -116,6 +119,41 @@ def test_a_host_changed_by_hand_gets_every_task_and_is_put_right(demo_runs):
     again = run(str(BIN / "ansible-playbook"), "site.yml", "-i", "inventory/local")
     said = re.findall(r"(?:Nothing to do|Every task runs): [^']*", " ".join(again.output.split()))
     assert said and said[0].startswith("Nothing to do: this host is as the last complete run left it"), said
+
+
+def test_a_run_killed_half_way_leaves_no_record_and_the_next_runs_every_task(demo_runs):
+    """ansible-playbook killed (SIGKILL, the whole process group) once the host is past the
+    comparison: the record is gone before anything could change, so the next run does not
+    trust the host to be as the last complete run left it, runs every task and records."""
+    record = "/var/lib/flaskstack/last-run.json"
+    on_target(f"test -f {record}")  # the earlier tests' last run recorded
+    argv = [
+        str(BIN / "ansible-playbook"),
+        "site.yml",
+        "-i",
+        "inventory/local",
+        "-e",
+        "flaskstack_skip_unchanged=false",
+    ]
+    killed = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while on_target(f"test -e {record}", check=False).returncode == 0:
+            assert killed.poll() is None, "the run ended before its record was removed"
+            assert time.monotonic() < deadline, "the record is still there 120 s into the run"
+            time.sleep(0.2)
+        time.sleep(2)  # further in: reading facts, installing packages
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    result = run(str(BIN / "ansible-playbook"), "site.yml", "-i", "inventory/local")
+    assert result.returncode == 0, result.output[-3000:]
+    flat = " ".join(result.output.split())
+    assert "Every task runs: no record of a complete run on this host." in flat, result.output[-3000:]
+    assert changed_count(result.output, "demo") == 0, result.output[-3000:]
+    on_target(f"test -f {record}")
 
 
 def test_site_answers_from_this_machine(demo_runs):

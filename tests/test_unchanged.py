@@ -143,27 +143,48 @@ def test_the_host_is_compared_with_the_record_of_the_last_complete_run(tmp_path)
     (app / "releases" / "aaa" / "big.bin").write_bytes(b"1" * 1000)
     assert run_module(args)["unchanged"] is True
 
-    # Each kind of drift, named.
-    assert run_module({**args, "inputs": "abd"})["reason"].startswith("this run's inputs")
-    site.write_text("server { listen 81; }\n")
-    assert run_module(args)["reason"] == (f"the host changed since the last complete run: {site} changed")
-    site.write_text("server { listen 80; }\n")
-    site.chmod(0o600)
-    assert f"{site} changed" in run_module(args)["reason"]
-    site.chmod(0o644)
-    (app / "current").unlink()
-    (app / "current").symlink_to(app / "releases" / "bbb")
-    (app / "deploy.lock").write_text("{}")
-    reason = run_module(args)["reason"]
+    # A host that gets every task loses its record before the run changes anything: a run
+    # that stops half-way (killed, failed) leaves none, and the next one runs every task
+    # whatever the host looks like. Not in check mode (it changes nothing).
+    assert run_module({**args, "inputs": "abd"}, "--check")["unchanged"] is False
+    assert record.exists(), "check mode removed the record"
+    off = run_module({**args, "compare": False}, "--check")
+    assert off["reason"] == "flaskstack_skip_unchanged is off" and record.exists()
+    assert run_module({**args, "compare": False})["unchanged"] is False
+    assert not record.exists(), "a run of every task (skip_unchanged off) kept the record"
+    assert run_module(args)["reason"] == "no record of a complete run on this host"
+
+    # Each kind of drift, named; the host recorded first as it was, put back after.
+    def drifted(change, undo=lambda: None, **changed_args) -> str:
+        assert run_module({**args, "write": True})["reason"] == "recorded"
+        change()
+        reason = run_module({**args, **changed_args})["reason"]
+        assert not record.exists(), f"a host that gets every task ({reason}) kept its record"
+        undo()
+        return reason
+
+    assert drifted(lambda: None, inputs="abd").startswith("this run's inputs")
+    reason = drifted(
+        lambda: site.write_text("server { listen 81; }\n"), lambda: site.write_text("server { listen 80; }\n")
+    )
+    assert reason == f"the host changed since the last complete run: {site} changed"
+    assert f"{site} changed" in drifted(lambda: site.chmod(0o600), lambda: site.chmod(0o644))
+
+    def other_release():
+        (app / "current").unlink()
+        (app / "current").symlink_to(app / "releases" / "bbb")
+        (app / "deploy.lock").write_text("{}")
+
+    def same_release():
+        (app / "deploy.lock").unlink()
+        (app / "current").unlink()
+        (app / "current").symlink_to(app / "releases" / "aaa")
+
+    reason = drifted(other_release, same_release)
     assert f"{app / 'current'} changed" in reason and f"{app / 'deploy.lock'} is new" in reason
-    (app / "deploy.lock").unlink()
-    (app / "current").unlink()
-    (app / "current").symlink_to(app / "releases" / "aaa")
-    said.write_text("two")
-    assert f"command /bin/cat {said} changed" in run_module(args)["reason"]
-    said.write_text("one")
-    shutil.rmtree(etc / "nginx" / "sites-enabled")
-    assert f"{site} is gone" in run_module(args)["reason"]
+    reason = drifted(lambda: said.write_text("two"), lambda: said.write_text("one"))
+    assert f"command /bin/cat {said} changed" in reason
+    assert f"{site} is gone" in drifted(lambda: shutil.rmtree(etc / "nginx" / "sites-enabled"))
 
 
 def test_a_record_too_old_or_of_another_version_is_not_trusted():

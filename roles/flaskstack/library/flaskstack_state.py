@@ -29,11 +29,18 @@ description:
     (a digest of its output) and per kernel setting named in the sysctl.d files under
     O(paths) (its live value).
   - With O(write) the state is recorded with O(inputs) in O(record) (never in check mode).
-    Without it, the result says whether the host is unchanged, and if not, why.
+    Without it, the result says whether the host is unchanged, and if not, why; a host that
+    is not unchanged (or with O(compare) false, any host) loses its record then, before the
+    run changes anything (never in check mode): a run stopped half-way, killed or failed,
+    leaves no record behind, and the next run runs every task whatever the host looks like.
 options:
   inputs: {description: The control node's digest of this run's inputs., type: str, required: true}
   record: {description: Where the record is kept (root's only)., type: path, required: true}
   write: {description: Record this state instead of comparing., type: bool, default: false}
+  compare:
+    description: Compare with the record; false (every task runs anyway) only removes it.
+    type: bool
+    default: true
   max_age: {description: Seconds a record stays good (0 never)., type: int, default: 86400}
   paths:
     description: Files and folders whose entries make up the state.
@@ -260,12 +267,30 @@ def write_record(path, inputs, now, clock=time.time):
     os.replace(temporary, path)
 
 
+def forget(path, check_mode):
+    """Remove the record: this run will change the host, and only its end may record it again.
+    Bookkeeping, like the write: not a change to the host's configuration."""
+    if check_mode:
+        return
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return
+    # Gone for good before the run changes anything, even if the host loses power.
+    folder = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
             "inputs": {"type": "str", "required": True},
             "record": {"type": "path", "required": True},
             "write": {"type": "bool", "default": False},
+            "compare": {"type": "bool", "default": True},
             "max_age": {"type": "int", "default": 86400},
             "paths": {
                 "type": "list",
@@ -292,6 +317,9 @@ def main():
         return module.run_command([program, *argv[1:]], environ_update={"LC_ALL": "C"})
 
     record = params["record"]
+    if not params["write"] and not params["compare"]:
+        forget(record, module.check_mode)
+        module.exit_json(changed=False, unchanged=False, reason="flaskstack_skip_unchanged is off", entries=0)
     # The record and its temporary files are not part of what they record.
     ours = [os.path.basename(record), ".last-run.*"]
     paths = [dict(spec, exclude=[*spec["exclude"], *ours]) for spec in params["paths"]]
@@ -307,6 +335,8 @@ def main():
         # Bookkeeping, like a fact cache: not a change to the host's configuration.
         module.exit_json(changed=False, unchanged=False, reason="recorded", entries=len(now))
     unchanged, reason = compare(read_record(record), params["inputs"], now, params["max_age"])
+    if not unchanged:
+        forget(record, module.check_mode)
     module.exit_json(changed=False, unchanged=unchanged, reason=reason, entries=len(now))
 
 
