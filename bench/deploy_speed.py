@@ -6,7 +6,8 @@ Against the demo target over SSH:
   ansible-playbook site.yml   nothing to do (one host, one app): the host skipped, as the
                               last complete run left it; and the same with every task run
   fab deploy, code only       a new release, same requirements and migrations (wheelhouse
-                              and venv reused, migrate_when_changed skips the migration)
+                              and venv reused, migrate_when_changed skips the migration);
+                              the sample app's web server, its Celery worker and beat
   fab deploy, same release    nothing to do
   fab rollback                back to the previous release
   fab deploy, new requirement the wheelhouse is rebuilt and uploaded, the venv installed
@@ -21,6 +22,9 @@ made by the demo's playbook and removed at the end; --apps 0 leaves it out):
 
   ansible-playbook site.yml   nothing to do with APPS apps on one host (after its cold run,
                               which leaves the record), and one run of every task
+  fab deploy, code only       the sample app's web side alone (no workers: issue 14's goal
+                              predates them), with its migrate command (app01) and an app
+                              with none (the last)
 
 and, when the cluster is up (a load balancer, three app hosts, a database host):
 
@@ -126,8 +130,9 @@ def many_apps_inventory(work: Path, count: int) -> Path:
     """An inventory for the twin (its connection as the tests write one) with `count` copies
     of the sample app's web side as the demo deploys it (preload, migrations when they
     change, its data in SQLite), each on its own Host name; two app server workers each, to
-    fit the machine. Each app's secret key is made here and lives in the temporary folder
-    only."""
+    fit the machine. The last (when there are two or more) has no migrate command, its tables
+    made once by its init_command: the code-only deploy of an app without one. Each app's
+    secret key is made here and lives in the temporary folder only."""
     inventory = work / "apps-inventory"
     (inventory / "group_vars").mkdir(parents=True)
     names = [f"app{n:02d}" for n in range(1, count + 1)]
@@ -139,8 +144,11 @@ def many_apps_inventory(work: Path, count: int) -> Path:
             "server_names": [f"{name}.test"],
             "static_dir": "hello/static",
             "preload": True,
-            "migrate_command": "flask --app hello db upgrade",
-            "migrate_when_changed": ["migrations"],
+            **(
+                {"migrate_command": "flask --app hello db upgrade", "migrate_when_changed": ["migrations"]}
+                if count == 1 or name != names[-1]
+                else {"init_command": "flask --app hello db upgrade"}
+            ),
             "env": {"FLASK_INSTANCE_PATH": f"/srv/{name}/shared/data"},
             "secret_env": {"FLASK_SECRET_KEY": secrets.token_urlsafe(36)},
         }
@@ -155,19 +163,28 @@ def many_apps_inventory(work: Path, count: int) -> Path:
     return inventory
 
 
-def many_apps(work: Path, count: int, runs: int, one_app: float) -> list[Row]:
-    """No-change runs with `count` apps on one host, against 2x the one-app figure."""
+def many_apps(work: Path, count: int, runs: int, one_app: float, stamp: str) -> list[Row]:
+    """No-change runs with `count` apps on one host, against 2x the one-app figure; then
+    code-only deploys of one app's web side, with a migrate command and without."""
     with twin_target(MANY, MANY_SSH, MANY_HTTP):
         inventory = ["-i", str(many_apps_inventory(work, count))]
         cold = timed([PLAYBOOK, "site.yml", *inventory], timeout=3600)  # its first run
         # Every task (the setting itself is not an input: this run's record holds for the next).
         every = timed([PLAYBOOK, "site.yml", *inventory, *EVERY_TASK], timeout=1800)
         nothing = [timed([PLAYBOOK, "site.yml", *inventory]) for _ in range(runs)]
-    return [
+        deploys = {}
+        for app in sorted({"app01", f"app{count:02d}"}):
+            fab = [FAB, "deploy", *inventory, "--app", app, "--src"]
+            deploys[app] = [timed([*fab, str(variant(work, f"{app}-{stamp}-{n}"))]) for n in range(runs)]
+    rows: list[Row] = [
         (f"site.yml, nothing to do, {count} apps on one host", nothing, 2.0 * one_app),
         ("  the same, every task run (skip_unchanged off)", [every], None),
         (f"  its first run (bare twin, {count} apps)", [cold], None),
+        ("fab deploy, code only, web alone, migrate cmd", deploys["app01"], 3.0),
     ]
+    if count > 1:  # app01 is the last too when there is one app
+        rows.append(("fab deploy, code only, web alone, none", deploys[f"app{count:02d}"], 1.5))
+    return rows
 
 
 def cluster_up() -> bool:
@@ -195,7 +212,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="flaskstack-speed-") as tmp:
         work = Path(tmp)
         code = [timed([*deploy, str(variant(work, f"code-{stamp}-{n}"))]) for n in range(args.runs)]
-        rows.append(("fab deploy, code only", code, 3.0))
+        rows.append(("fab deploy, code only (web, worker, beat)", code, 3.0))
         last = str(work / f"code-{stamp}-{args.runs - 1}")
         rows.append(("fab deploy, same release", [timed([*deploy, last]) for _ in range(args.runs)], None))
         rows.append(("fab rollback", [timed([FAB, "rollback"]) for _ in range(args.runs)], None))
@@ -210,7 +227,7 @@ def main() -> int:
                 timed([*deploy, last])
         rows.append(("ansible-playbook site.yml, full deploy", full, None))
         if args.apps:
-            rows += many_apps(work, args.apps, args.runs, statistics.median(nothing))
+            rows += many_apps(work, args.apps, args.runs, statistics.median(nothing), stamp)
         if cluster_up():
             cluster = ["-i", "inventory/cluster"]
             timed([PLAYBOOK, "site.yml", *cluster])  # a complete run: the record
