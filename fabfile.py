@@ -283,28 +283,29 @@ def remote(host: Host, argv: list[str], what: str, check: bool = True, root: boo
     return result.stdout
 
 
-def upload(host: Host, files: list[tuple[str, str]]) -> None:
-    """Put local files at their paths in the app's upload folder (root's only). As root, SFTP
-    writes them there; a deploy user (ansible_become) cannot, so, as Ansible does, it writes
-    them into a folder of its own, and root installs them from there (root-owned, 0600); that
-    folder goes whatever happens."""
-    if not (host.become and host.user != "root"):
-        for local, path in files:
-            host.connection.put(local, path)
-        return
-    staging = remote(
-        host, ["mktemp", "-d", "-t", "flaskstack-upload.XXXXXXXX"], "a folder to upload to", root=False
-    )
-    staging = staging.strip()
+def upload(host: Host, local: str, path: str) -> None:
+    """Put a local file at path in the app's upload folder (root's only), root-owned and 0600:
+    streamed over the connection into `install` run as root (through sudo for a deploy user),
+    one command for root and deploy user alike, with no copy of the file left anywhere else.
+    A stream cut short leaves a partial file there, which prepare refuses (gzip's and tar's
+    own checks) and the next upload replaces."""
+    command = as_root(host, ["install", "-m", "0600", "-o", "root", "-g", "root", "/dev/stdin", path])
+    channel = host.connection.client.get_transport().open_session()
     try:
-        for local, path in files:
-            staged = f"{staging}/{Path(path).name}"
-            host.connection.put(local, staged)
-            remote(
-                host, ["install", "-m", "0600", "-o", "root", "-g", "root", staged, path], f"install {path}"
-            )
+        channel.exec_command(command)
+        with open(local, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 16), b""):
+                channel.sendall(block)
+        channel.shutdown_write()
+        error = b"".join(iter(lambda: channel.recv_stderr(1 << 16), b""))
+        status = channel.recv_exit_status()
+    except OSError as exc:  # the connection lost on the way
+        raise DeployError(f"{host.name}: upload of {path} failed: {exc}") from None
     finally:
-        remote(host, ["rm", "-rf", staging], f"remove {staging}", check=False, root=False)
+        channel.close()
+    if status != 0:
+        detail = error.decode(errors="replace").strip() or f"exit {status}"
+        raise DeployError(f"{host.name}: upload of {path} failed:\n{detail}")
 
 
 def on_every_host(hosts: list[Host], work, title: str, timing=sys.stdout) -> list[str]:
@@ -524,13 +525,18 @@ def deploy(
                 if p["key"] not in have["wheelhouses"]:
                     files.append((str(wheelhouse_archive(p["wheels"])), wheels))
                     argv += ["--wheelhouse-archive", wheels]
+                prepared = False
                 try:
-                    upload(host, files)
+                    for local, path in files:
+                        upload(host, local, path)
                     sent = "code and wheelhouse" if len(files) > 1 else "code"
                     say(host.name, f"{a['name']}: upload {sent} {time.monotonic() - t:.2f}s")
+                    # prepare removes what it was given, whatever its outcome.
                     say(host.name, remote(host, [*argv, "--remove-archive"], f"{a['name']}: prepare"))
+                    prepared = True
                 finally:
-                    remote(host, ["rm", "-f", archive, wheels], "clean up", check=False)
+                    if not prepared:  # stopped before prepare could: nothing left in the upload folder
+                        remote(host, ["rm", "-f", archive, wheels], "clean up", check=False)
 
         errors = on_every_host(hosts, prepare, "upload and prepare")
         if errors:

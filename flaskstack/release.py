@@ -919,6 +919,9 @@ def cmd_prepare(args) -> int:
     with app.lock():
         app.check_deploy_lock(args.lock_token)
         if app.prepared(args.release):
+            for sent in (args.archive, args.wheelhouse_archive) if args.remove_archive else ():
+                if sent:  # not needed: not kept either
+                    app.upload(sent).unlink(missing_ok=True)
             print(f"{app.name}: release {args.release} is already prepared")
             return 0
         archive = app.upload(args.archive)
