@@ -44,7 +44,7 @@ from pathlib import Path
 
 from fabric import Connection, task
 from invoke.exceptions import Exit
-from paramiko import RejectPolicy
+from paramiko import RejectPolicy, SSHException
 
 from flaskstack import model
 from flaskstack.packaging import WheelhouseError, build_wheelhouse, git_note, package, wheelhouse_archive
@@ -283,26 +283,46 @@ def remote(host: Host, argv: list[str], what: str, check: bool = True, root: boo
     return result.stdout
 
 
+# Writes what it reads from stdin to "$1" only if it is all there ("$2" bytes): a stream cut
+# short (the connection lost) leaves nothing under that name, and no partial file either.
+RECEIVE = (
+    'install -m 0600 -o root -g root /dev/stdin "$1.part" || { rm -f "$1.part"; exit 1; }; '
+    'got=$(stat -c %s "$1.part"); '
+    'if [ "$got" != "$2" ]; then '
+    'rm -f "$1.part"; echo "cut short: $got of $2 bytes arrived" >&2; exit 1; fi; '
+    'mv -f "$1.part" "$1"'
+)
+UPLOAD_TIMEOUT = 120  # seconds without progress: a stalled link, a sudo waiting for a password
+
+
 def upload(host: Host, local: str, path: str) -> None:
     """Put a local file at path in the app's upload folder (root's only), root-owned and 0600:
-    streamed over the connection into `install` run as root (through sudo for a deploy user),
-    one command for root and deploy user alike, with no copy of the file left anywhere else.
-    A stream cut short leaves a partial file there, which prepare refuses (gzip's and tar's
-    own checks) and the next upload replaces."""
-    command = as_root(host, ["install", "-m", "0600", "-o", "root", "-g", "root", "/dev/stdin", path])
-    channel = host.connection.client.get_transport().open_session()
+    streamed over the connection into one shell command run as root (through sudo for a
+    deploy user, the same command for root), with no copy of the file left anywhere else."""
+    size = Path(local).stat().st_size
+    command = as_root(host, ["sh", "-c", RECEIVE, "receive", path, str(size)])
+    channel = None
     try:
+        channel = host.connection.client.get_transport().open_session()
+        channel.settimeout(UPLOAD_TIMEOUT)
         channel.exec_command(command)
-        with open(local, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 16), b""):
-                channel.sendall(block)
-        channel.shutdown_write()
+        try:
+            with open(local, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 16), b""):
+                    channel.sendall(block)
+            channel.shutdown_write()
+        except OSError:
+            # The command ended before it took everything (sudo refused, the disk full): what
+            # it said is still buffered. A connection that is gone has no exit status: raise.
+            if not channel.exit_status_ready():
+                raise
         error = b"".join(iter(lambda: channel.recv_stderr(1 << 16), b""))
         status = channel.recv_exit_status()
-    except OSError as exc:  # the connection lost on the way
-        raise DeployError(f"{host.name}: upload of {path} failed: {exc}") from None
+    except (OSError, SSHException) as exc:  # the connection lost or stalled on the way
+        raise DeployError(f"{host.name}: upload of {path} failed: {exc or type(exc).__name__}") from None
     finally:
-        channel.close()
+        if channel is not None:
+            channel.close()
     if status != 0:
         detail = error.decode(errors="replace").strip() or f"exit {status}"
         raise DeployError(f"{host.name}: upload of {path} failed:\n{detail}")
@@ -531,11 +551,11 @@ def deploy(
                         upload(host, local, path)
                     sent = "code and wheelhouse" if len(files) > 1 else "code"
                     say(host.name, f"{a['name']}: upload {sent} {time.monotonic() - t:.2f}s")
-                    # prepare removes what it was given, whatever its outcome.
+                    # A prepare that succeeds has removed what it was given.
                     say(host.name, remote(host, [*argv, "--remove-archive"], f"{a['name']}: prepare"))
                     prepared = True
                 finally:
-                    if not prepared:  # stopped before prepare could: nothing left in the upload folder
+                    if not prepared:  # an upload or a prepare that failed: nothing left behind
                         remote(host, ["rm", "-f", archive, wheels], "clean up", check=False)
 
         errors = on_every_host(hosts, prepare, "upload and prepare")
