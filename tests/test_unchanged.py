@@ -187,6 +187,16 @@ def test_the_host_is_compared_with_the_record_of_the_last_complete_run(tmp_path)
     assert f"{site} is gone" in drifted(lambda: shutil.rmtree(etc / "nginx" / "sites-enabled"))
 
 
+def test_a_record_that_cannot_be_removed_stops_the_run(tmp_path):
+    """Every task is to run, so the record must go first; where it cannot, the module fails
+    saying so (the task fails on record_kept) instead of letting a half-run pass for whole."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the record's folder should be\n")
+    result = run_module({"inputs": "abc", "record": str(blocked / "last-run.json"), "compare": False})
+    assert result.get("failed") and result.get("record_kept") is True, result
+    assert "could not be removed first" in result["msg"], result["msg"]
+
+
 def test_a_record_too_old_or_of_another_version_is_not_trusted():
     now = {"file /etc/x": "file 0o644 0:0 aa"}
     record = {"version": state_module.VERSION, "at": 1000.0, "inputs": "abc", "state": now}

@@ -76,6 +76,10 @@ reason:
   type: str
   returned: always
 entries: {description: How many entries the state has., type: int, returned: always}
+record_kept:
+  description: The host gets every task but its record could not be removed (the module fails).
+  type: bool
+  returned: on that failure
 """
 
 VERSION = 1
@@ -317,27 +321,37 @@ def main():
         return module.run_command([program, *argv[1:]], environ_update={"LC_ALL": "C"})
 
     record = params["record"]
-    if not params["write"] and not params["compare"]:
-        forget(record, module.check_mode)
-        module.exit_json(changed=False, unchanged=False, reason="flaskstack_skip_unchanged is off", entries=0)
     # The record and its temporary files are not part of what they record.
     ours = [os.path.basename(record), ".last-run.*"]
     paths = [dict(spec, exclude=[*spec["exclude"], *ours]) for spec in params["paths"]]
-    recording = params["write"] and not module.check_mode
-    if recording:
-        # The record's folder made before the state is read, so the state recorded is the one
-        # the next run finds (on a host's first run, the folder is new).
-        os.makedirs(os.path.dirname(record), mode=0o755, exist_ok=True)
-    now = state(run, paths, params["units"], params["commands"])
-    if recording:
-        write_record(record, params["inputs"], now)
     if params["write"]:
+        if not module.check_mode:
+            # The record's folder made before the state is read, so the state recorded is the
+            # one the next run finds (on a host's first run, the folder is new).
+            os.makedirs(os.path.dirname(record), mode=0o755, exist_ok=True)
+        now = state(run, paths, params["units"], params["commands"])
+        if not module.check_mode:
+            write_record(record, params["inputs"], now)
         # Bookkeeping, like a fact cache: not a change to the host's configuration.
         module.exit_json(changed=False, unchanged=False, reason="recorded", entries=len(now))
-    unchanged, reason = compare(read_record(record), params["inputs"], now, params["max_age"])
+    unchanged, reason, entries = False, "flaskstack_skip_unchanged is off", 0
+    if params["compare"]:
+        try:
+            now = state(run, paths, params["units"], params["commands"])
+            unchanged, reason = compare(read_record(record), params["inputs"], now, params["max_age"])
+            entries = len(now)
+        except Exception as exc:  # noqa: BLE001 - a host that cannot be read gets every task
+            reason = f"its state could not be read ({type(exc).__name__}: {exc})"
     if not unchanged:
-        forget(record, module.check_mode)
-    module.exit_json(changed=False, unchanged=unchanged, reason=reason, entries=len(now))
+        try:
+            forget(record, module.check_mode)
+        except OSError as exc:
+            module.fail_json(
+                msg=f"every task must run on this host, but the record of its last complete run "
+                f"({record}) could not be removed first: {exc}",
+                record_kept=True,
+            )
+    module.exit_json(changed=False, unchanged=unchanged, reason=reason, entries=entries)
 
 
 if __name__ == "__main__":
