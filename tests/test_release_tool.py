@@ -784,6 +784,26 @@ def test_the_tool_takes_only_its_own_names_and_files(host, argv, message):
     assert Path("/etc/passwd").exists()
 
 
+def test_a_release_prepared_already_is_kept_and_its_new_upload_removed(host):
+    """fab sends a release only when the host lacks it, but one prepared meanwhile (by
+    ansible-playbook) must not leave its second upload behind in the upload folder."""
+    release = host.release("one")
+    uploaded = [path for path in (host.home / "incoming").iterdir() if release in path.name]
+    assert uploaded, "the release's upload is not where prepare was given it"
+    again = host.tool(
+        "prepare",
+        "site",
+        release,
+        "--archive",
+        str(uploaded[0]),
+        "--wheelhouse",
+        WHEELHOUSE,
+        "--remove-archive",
+    )
+    assert again.returncode == 0 and "is already prepared" in again.stdout, again.stdout + again.stderr
+    assert not uploaded[0].exists()
+
+
 def test_a_multi_line_env_value_reaches_the_command_exactly(host):
     """As the appserver role writes it (templates/etc/flaskstack/app/app.env.j2) and systemd reads it."""
     value = '-----BEGIN KEY-----\nabc"def\\ghi\n-----END KEY-----'
