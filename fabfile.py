@@ -284,8 +284,10 @@ def remote(host: Host, argv: list[str], what: str, check: bool = True, root: boo
 
 
 # Writes what it reads from stdin to "$1" only if it is all there ("$2" bytes): a stream cut
-# short (the connection lost) leaves nothing under that name, and no partial file either.
+# short (the connection lost: sshd hangs up the command) leaves nothing under that name, and
+# its partial file is removed.
 RECEIVE = (
+    "trap 'rm -f \"$1.part\"; exit 1' HUP INT TERM PIPE; "
     'install -m 0600 -o root -g root /dev/stdin "$1.part" || { rm -f "$1.part"; exit 1; }; '
     'got=$(stat -c %s "$1.part"); '
     'if [ "$got" != "$2" ]; then '
