@@ -270,6 +270,12 @@ def as_root(host: Host, argv: list[str]) -> str:
     return f"sudo -n {line}" if host.become and host.user != "root" else line
 
 
+def failed(host: Host, what: str, status: int, *outputs: str) -> DeployError:
+    """What a command on a host said when it failed (its exit status if it said nothing)."""
+    detail = "\n".join(x for x in (output.rstrip() for output in outputs) if x) or f"exit {status}"
+    return DeployError(f"{host.name}: {what} failed:\n{detail}")
+
+
 def remote(host: Host, argv: list[str], what: str, check: bool = True, root: bool = True) -> str:
     """Run the release tool (or another command) on a host, as root (root=False: as the SSH user)."""
     if argv[:1] == [TOOL] and host.lock_token:
@@ -277,9 +283,7 @@ def remote(host: Host, argv: list[str], what: str, check: bool = True, root: boo
     command = as_root(host, argv) if root else shlex.join(argv)
     result = host.connection.run(command, hide=True, warn=True, in_stream=False)
     if check and result.exited != 0:
-        detail = "\n".join(x for x in (result.stdout.rstrip(), result.stderr.rstrip()) if x)
-        detail = detail or f"exit {result.exited}"
-        raise DeployError(f"{host.name}: {what} failed:\n{detail}")
+        raise failed(host, what, result.exited, result.stdout, result.stderr)
     return result.stdout
 
 
@@ -326,8 +330,7 @@ def upload(host: Host, local: str, path: str) -> None:
         if channel is not None:
             channel.close()
     if status != 0:
-        detail = error.decode(errors="replace").strip() or f"exit {status}"
-        raise DeployError(f"{host.name}: upload of {path} failed:\n{detail}")
+        raise failed(host, f"upload of {path}", status, error.decode(errors="replace"))
 
 
 def on_every_host(hosts: list[Host], work, title: str, timing=sys.stdout) -> list[str]:
