@@ -262,6 +262,12 @@ class App:
             raise ReleaseError(f"{self.name}: {path} is not in the app's upload folder {folder}")
         return found
 
+    def remove_uploads(self, *paths: str | Path | None) -> None:
+        """Delete uploaded archives once used (each only from the app's upload folder)."""
+        for path in paths:
+            if path:
+                self.upload(str(path)).unlink(missing_ok=True)
+
     def release_dir(self, release: str) -> Path:
         if not release or "/" in release or release.startswith("."):
             raise ReleaseError(f"{self.name}: {release!r} is not a release id")
@@ -919,9 +925,8 @@ def cmd_prepare(args) -> int:
     with app.lock():
         app.check_deploy_lock(args.lock_token)
         if app.prepared(args.release):
-            for sent in (args.archive, args.wheelhouse_archive) if args.remove_archive else ():
-                if sent:  # not needed: not kept either
-                    app.upload(sent).unlink(missing_ok=True)
+            if args.remove_archive:  # not needed: not kept either
+                app.remove_uploads(args.archive, args.wheelhouse_archive)
             print(f"{app.name}: release {args.release} is already prepared")
             return 0
         archive = app.upload(args.archive)
@@ -960,9 +965,7 @@ def cmd_prepare(args) -> int:
             raise ReleaseError(f"{app.name}: release {args.release} could not be prepared: {exc}") from None
         finally:
             if args.remove_archive:
-                for uploaded in (archive, upload):
-                    if uploaded:
-                        uploaded.unlink(missing_ok=True)
+                app.remove_uploads(archive, upload)
     print(f"{app.name}: release {args.release} prepared")
     return 0
 
