@@ -126,12 +126,17 @@ def nginx_over_direct(runs: int) -> tuple[list[float], list[float]]:
         in_demo(f"systemctl stop {unit}", check=False)
 
 
+def without_migrate(count: int) -> str | None:
+    """The twin's app with no migrate command: the last, when there are two or more."""
+    return f"app{count:02d}" if count > 1 else None
+
+
 def many_apps_inventory(work: Path, count: int) -> Path:
     """An inventory for the twin (its connection as the tests write one) with `count` copies
     of the sample app's web side as the demo deploys it (preload, migrations when they
     change, its data in SQLite), each on its own Host name; two app server workers each, to
-    fit the machine. The last (when there are two or more) has no migrate command, its tables
-    made once by its init_command: the code-only deploy of an app without one. Each app's
+    fit the machine. One (without_migrate) has no migrate command, its tables made once by
+    its init_command: the code-only deploy of an app without one. Each app's
     secret key is made here and lives in the temporary folder only."""
     inventory = work / "apps-inventory"
     (inventory / "group_vars").mkdir(parents=True)
@@ -146,7 +151,7 @@ def many_apps_inventory(work: Path, count: int) -> Path:
             "preload": True,
             **(
                 {"migrate_command": "flask --app hello db upgrade", "migrate_when_changed": ["migrations"]}
-                if count == 1 or name != names[-1]
+                if name != without_migrate(count)
                 else {"init_command": "flask --app hello db upgrade"}
             ),
             "env": {"FLASK_INSTANCE_PATH": f"/srv/{name}/shared/data"},
@@ -172,18 +177,17 @@ def many_apps(work: Path, count: int, runs: int, one_app: float, stamp: str) -> 
         # Every task (the setting itself is not an input: this run's record holds for the next).
         every = timed([PLAYBOOK, "site.yml", *inventory, *EVERY_TASK], timeout=1800)
         nothing = [timed([PLAYBOOK, "site.yml", *inventory]) for _ in range(runs)]
-        deploys = {}
-        for app in sorted({"app01", f"app{count:02d}"}):
-            fab = [FAB, "deploy", *inventory, "--app", app, "--src"]
-            deploys[app] = [timed([*fab, str(variant(work, f"{app}-{stamp}-{n}"))]) for n in range(runs)]
-    rows: list[Row] = [
-        (f"site.yml, nothing to do, {count} apps on one host", nothing, 2.0 * one_app),
-        ("  the same, every task run (skip_unchanged off)", [every], None),
-        (f"  its first run (bare twin, {count} apps)", [cold], None),
-        ("fab deploy, code only, web alone, migrate cmd", deploys["app01"], 3.0),
-    ]
-    if count > 1:  # app01 is the last too when there is one app
-        rows.append(("fab deploy, code only, web alone, none", deploys[f"app{count:02d}"], 1.5))
+        rows: list[Row] = [
+            (f"site.yml, nothing to do, {count} apps on one host", nothing, 2.0 * one_app),
+            ("  the same, every task run (skip_unchanged off)", [every], None),
+            (f"  its first run (bare twin, {count} apps)", [cold], None),
+        ]
+        deploys = [("app01", "migrate cmd", 3.0), (without_migrate(count), "none", 1.5)]
+        for app, what, goal in deploys:
+            if app:
+                fab = [FAB, "deploy", *inventory, "--app", app, "--src"]
+                times = [timed([*fab, str(variant(work, f"{app}-{stamp}-{n}"))]) for n in range(runs)]
+                rows.append((f"fab deploy, code only, web alone, {what}", times, goal))
     return rows
 
 
