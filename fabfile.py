@@ -591,13 +591,22 @@ def deploy(
             title = f"batch {number}/{len(rollout)} ({', '.join(h.name for h in group)})"
             title = title if len(rollout) > 1 else "activate"
 
+            def leave(lb: Host, group: list[Host] = group) -> None:
+                # The batch's hosts leave this load balancer's pools (the apps that switch on
+                # each) in one call: one nginx reload and one drain for the batch, not one
+                # per host in turn (flaskstack-pool changes a pool one call at a time).
+                calls: dict[tuple, list[Host]] = {}
+                for host in group:
+                    names = tuple(
+                        a["name"]
+                        for a in selected(host, app)
+                        if host.info["apps"][a["name"]]["live"] != plan[host.name, a["name"]]["release"].id
+                    )
+                    calls.setdefault((names, host.drain_timeout), []).append(host)
+                for (names, _), leaving in calls.items():
+                    pool([lb], "out", leaving, list(names), who)
+
             def switch(host: Host) -> None:
-                names = [
-                    a["name"]
-                    for a in selected(host, app)
-                    if host.info["apps"][a["name"]]["live"] != plan[host.name, a["name"]]["release"].id
-                ]
-                pool(lbs, "out", host, names, who)
                 for a in selected(host, app):
                     p = plan[host.name, a["name"]]
                     argv = [TOOL, "activate", a["name"], p["release"].id, "--note", p["note"]]
@@ -609,9 +618,10 @@ def deploy(
                     if "ACTIVATED" in out:
                         switched.setdefault(host.name, []).append(a["name"])
                 # Every app: one that a killed deploy left out comes back with this one.
-                pool(lbs, "in", host, [a["name"] for a in selected(host, app)], who)
+                pool(lbs, "in", [host], [a["name"] for a in selected(host, app)], who)
 
-            errors = on_every_host(group, switch, title)
+            errors = on_every_host(lbs, leave, "out of the pools") if lbs else []
+            errors = errors or on_every_host(group, switch, title)
             if not errors:
                 done += group
                 continue
@@ -644,16 +654,19 @@ def deploy(
         print(f"fab deploy: done in {time.monotonic() - started:.2f}s", flush=True)
 
 
-def pool(lbs: list[Host], command: str, host: Host, apps: list[str], who: str) -> None:
-    """flaskstack-pool on every load balancer: take the host out of each app's pool (and let
-    its requests finish), or put it back in once it answers there (`in --check`)."""
-    if not lbs or not apps:
+def pool(lbs: list[Host], command: str, hosts: list[Host], apps: list[str], who: str) -> None:
+    """flaskstack-pool on every load balancer: take the hosts out of each app's pool (and let
+    their requests finish; they share a drain timeout), or put them back in once each answers
+    there (`in --check`)."""
+    if not lbs or not apps or not hosts:
         return
-    argv = [POOL_TOOL, command, host.name, *[f"--app={name}" for name in apps]]
+    argv = [POOL_TOOL, command, *[host.name for host in hosts], *[f"--app={name}" for name in apps]]
     argv += [f"--why={who}"] if command == "out" else ["--check"]
-    argv += [f"--timeout={host.drain_timeout}"] if command == "out" and host.drain_timeout is not None else []
+    timeout = hosts[0].drain_timeout
+    argv += [f"--timeout={timeout}"] if command == "out" and timeout is not None else []
+    names = ", ".join(host.name for host in hosts)
     for lb in lbs:
-        say(lb.name, remote(lb, argv, f"{command} of the pool: {host.name}"))
+        say(lb.name, remote(lb, argv, f"{command} of the pool: {names}"))
 
 
 def go_back(host: Host, lbs: list[Host], switched: list[str], apps: list[str], who: str) -> None:
@@ -661,12 +674,12 @@ def go_back(host: Host, lbs: list[Host], switched: list[str], apps: list[str], w
     before it, as they came: out of the pools, rollback (health-gated), and every app of the
     run back in the pools once it answers there."""
     names = [n for n in switched if host.info["apps"][n]["live"]]
-    pool(lbs, "out", host, names, who)
+    pool(lbs, "out", [host], names, who)
     for name in names:
         before = host.info["apps"][name]["live"]
         argv = [TOOL, "rollback", name, before, "--note", f"{who}, rolling deploy stopped"]
         say(host.name, remote(host, argv, f"{name}: back to {before}"))
-    pool(lbs, "in", host, apps, who)
+    pool(lbs, "in", [host], apps, who)
 
 
 def serving(hosts: list[Host], app: str) -> str:

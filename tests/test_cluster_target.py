@@ -338,8 +338,10 @@ def test_a_rolling_deploy_whose_client_is_killed_is_finished_by_the_next(cluster
 
 def test_a_batch_of_every_app_host_switches_them_in_one_phase(cluster, tmp_path):
     """--batch 3: one release to the three app hosts in parallel (a single activate phase, as
-    every host of an inventory without load balancers does); the load balancer keeps the
-    last of them in its pool. `fab rollback` brings every host back to what it served."""
+    every host of an inventory without load balancers does); the batch leaves the pool in
+    one call (one reload and one drain of the load balancer's nginx, not one per host in
+    turn), which keeps the last of them in. `fab rollback` brings every host back to what it
+    served."""
     before = serving()
     result = fab(
         "deploy", "-i", INVENTORY, "--app", "hello", "--src", str(variant(tmp_path, f"all-{RUN}")),
@@ -351,6 +353,7 @@ def test_a_batch_of_every_app_host_switches_them_in_one_phase(cluster, tmp_path)
     for name in APP_HOSTS:
         assert f"[{name}] hello: ACTIVATED {new}" in result.stdout
     assert "kept in the pool of hello: it is the last host there" in result.stdout
+    assert result.stdout.count("drained in") == 1 and result.stdout.count("== out of the pools") == 1
     assert serving() == dict.fromkeys(APP_HOSTS, new)
     assert all(s["in_pool"] for s in pool_status().values())
     back = fab("rollback", "-i", INVENTORY)
