@@ -366,10 +366,13 @@ def open_hosts(
     src: str | None = None,
     timing=sys.stdout,
     one: bool = False,
+    load_balancers: list[Host] | None = None,
 ) -> list[Host]:
     """The hosts (with one, the first only), connected and asked what they have. With src (a
     code push: "" for the inventory's own source, else the folder given), the app model's
-    checks of what is pushed come first: each selected app's source folder and requirements."""
+    checks of what is pushed come first: each selected app's source folder and requirements.
+    load_balancers (from load_balancers()) are connected in the same phase, every one
+    required."""
     try:
         hosts = load_inventory(inventory, limit, vault_password_file, {app: src} if src else None)
         if one:
@@ -393,30 +396,43 @@ def open_hosts(
                     "run ansible-playbook site.yml first"
                 )
 
-    errors = on_every_host(hosts, open_one, "connect", timing)
+    lbs = {id(lb) for lb in load_balancers or []}
+    every = [*hosts, *(load_balancers or [])]
+
+    def open_any(host: Host) -> None:
+        (open_load_balancer if id(host) in lbs else open_one)(host)
+
+    errors = on_every_host(
+        every, open_any, "connect" + (" (and to the load balancers)" if lbs else ""), timing
+    )
     if errors:
         raise Exit("fab: " + "\n".join(errors), code=1)
     return hosts
 
 
-def open_load_balancers(inventory: str, vault_password_file: str, required: bool = True) -> list[Host]:
-    """The inventory's load balancers (all of them, whatever --limit says), connected, each
-    asked what its pool is: a rolling deploy takes hosts out of every one. Not required
-    (fab status): one that cannot be asked is left out, and said so."""
+def load_balancers(inventory: str, vault_password_file: str) -> list[Host]:
+    """The inventory's load balancers (all of them, whatever --limit says), not connected."""
     try:
-        lbs = load_inventory(inventory, "", vault_password_file, group=LB_GROUP)
+        return load_inventory(inventory, "", vault_password_file, group=LB_GROUP)
     except DeployError as exc:
         raise Exit(f"fab: {exc}", code=2) from None
 
-    def open_one(lb: Host) -> None:
-        lb.connection = connect(lb)
-        lb.info = json.loads(
-            remote(lb, [POOL_TOOL, "status", "--json"], "the pool (is the load balancer provisioned?)")
-        )
 
-    errors = on_every_host(lbs, open_one, "connect to the load balancers") if lbs else []
-    if errors and required:
-        raise Exit("fab: " + "\n".join(errors), code=1)
+def open_load_balancer(lb: Host) -> None:
+    """Connect to a load balancer and ask it what its pool is: a rolling deploy takes hosts
+    out of every one."""
+    lb.connection = connect(lb)
+    lb.info = json.loads(
+        remote(lb, [POOL_TOOL, "status", "--json"], "the pool (is the load balancer provisioned?)")
+    )
+
+
+def open_load_balancers(inventory: str, vault_password_file: str) -> list[Host]:
+    """The load balancers that can be asked what their pool is (fab status): one that cannot
+    is left out, and said so."""
+    lbs = load_balancers(inventory, vault_password_file)
+    if lbs:
+        on_every_host(lbs, open_load_balancer, "connect to the load balancers")
     return [lb for lb in lbs if lb.info]
 
 
@@ -442,9 +458,15 @@ def deploy_lock(hosts: list[Host], app: str, holder: str):
             raise Exit("fab: another deploy holds the lock (see above): nothing changed", code=1)
         yield token
     finally:
-        for host, name in taken:
-            remote(host, [TOOL, "unlock", name, "--token", token], f"{name}: unlock", check=False)
+
+        def release(host: Host) -> None:
+            for held, name in taken:
+                if held is host:
+                    remote(host, [TOOL, "unlock", name, "--token", token], f"{name}: unlock", check=False)
             host.lock_token = ""
+
+        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:  # every host at once
+            list(pool.map(release, hosts))
 
 
 # -- tasks ----------------------------------------------------------------------------------------
@@ -488,10 +510,16 @@ def deploy(
         raise Exit(f"fab: --src {src} is not a directory", code=2)
     if batch and model.batch_error(batch):
         raise Exit("fab: " + model.batch_error(batch).replace("flaskstack_batch", "--batch", 1), code=2)
+    # The app hosts and the load balancers are connected to at once (one phase, as ever).
+    lbs = load_balancers(inventory, vault_password_file)
     hosts = open_hosts(
-        inventory, limit, vault_password_file, app, src=str(Path(src).resolve()) if src else ""
+        inventory,
+        limit,
+        vault_password_file,
+        app,
+        src=str(Path(src).resolve()) if src else "",
+        load_balancers=lbs,
     )
-    lbs = open_load_balancers(inventory, vault_password_file)
     # --batch, else the inventory's flaskstack_batch (as the deploy play reads it): checked
     # before the lock and before anything is packaged or sent.
     size = batch or hosts[0].batch or model.default_batch(bool(lbs))
@@ -731,7 +759,7 @@ def status(c, inventory=DEFAULT_INVENTORY, app="", limit="", vault_password_file
     """Show each app's live and previous release, service state and health on every host,
     and, behind load balancers, whether each load balancer has it in the app's pool."""
     hosts = open_hosts(inventory, limit, vault_password_file, app)
-    lbs = open_load_balancers(inventory, vault_password_file, required=False)
+    lbs = open_load_balancers(inventory, vault_password_file)
     for host in hosts:
         for a in selected(host, app):
             text = remote(host, [TOOL, "status", a["name"]], "status")
