@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -479,3 +480,15 @@ def stopped_before_any_change(result, message: str) -> None:
     recap = re.search(r"badinput\s*:\s*ok=\d+\s+changed=(\d+)", output)
     assert recap and recap.group(1) == "0", output
     assert "secret-value" not in output
+
+
+def test_the_first_check_reads_every_roles_argument_spec():
+    """The flaskstack role checks every role's variables against its spec before any role
+    changes a host (assert.yml, over __flaskstack_roles): a role left off that list would
+    have its typos found only once the roles before it had run."""
+    listed = yaml.safe_load((ROOT / "roles" / "flaskstack" / "vars" / "main.yml").read_text())[
+        "__flaskstack_roles"
+    ]
+    assert sorted(listed) == sorted(
+        p.parent.parent.name for p in (ROOT / "roles").glob("*/meta/argument_specs.yml")
+    )
