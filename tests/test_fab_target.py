@@ -513,6 +513,27 @@ def test_a_full_disk_during_prepare_fails_the_deploy_and_the_live_release_serves
     assert page() == before and answer("localhost") == 200
 
 
+def test_an_upload_that_does_not_fit_fails_saying_why_and_leaves_nothing(demo, tmp_path):
+    """The upload folder's filesystem is full: the deploy stops before any switch with the
+    host's own error (not a closed connection), no partial file is left in the folder, and
+    the live release serves on."""
+    before, live = page(), live_release()
+    src = variant(tmp_path, f"uploadfull-{RUN}")
+    # A filesystem of one page on the upload folder: the release archive cannot fit.
+    on_target("mount -t tmpfs -o size=4k,mode=0700 flaskstack-full /srv/hello/incoming")
+    try:
+        result = fab("deploy", "--app", "hello", "--src", str(src))
+        assert result.returncode == 1, result.output
+        assert re.search(r"upload of /srv/hello/incoming/\S+ failed:", result.output), result.output
+        assert "No space left on device" in result.output, result.output
+        assert "stopped before any switch" in result.output, result.output
+        assert on_target("ls -A /srv/hello/incoming").stdout.split() == []
+        assert page() == before and live_release() == live
+    finally:
+        on_target("umount -l /srv/hello/incoming", check=False)
+    assert answer("localhost") == 200
+
+
 def test_a_torn_history_line_is_skipped_and_said(demo, tmp_path):
     """A history line cut short (a full disk, a power cut mid-write): status says so, and a
     deploy and a rollback go on, each with a whole line of its own."""
