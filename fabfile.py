@@ -396,8 +396,9 @@ def open_hosts(
                     "run ansible-playbook site.yml first"
                 )
 
-    lbs = {id(lb) for lb in load_balancers or []}
-    every = [*hosts, *(load_balancers or [])]
+    load_balancers = load_balancers or []
+    lbs = {id(lb) for lb in load_balancers}
+    every = [*hosts, *load_balancers]
 
     def open_any(host: Host) -> None:
         (open_load_balancer if id(host) in lbs else open_one)(host)
@@ -510,7 +511,7 @@ def deploy(
         raise Exit(f"fab: --src {src} is not a directory", code=2)
     if batch and model.batch_error(batch):
         raise Exit("fab: " + model.batch_error(batch).replace("flaskstack_batch", "--batch", 1), code=2)
-    # The app hosts and the load balancers are connected to at once (one phase, as ever).
+    # The app hosts and the load balancers are connected to in one phase.
     lbs = load_balancers(inventory, vault_password_file)
     hosts = open_hosts(
         inventory,
@@ -619,18 +620,20 @@ def deploy(
             title = f"batch {number}/{len(rollout)} ({', '.join(h.name for h in group)})"
             title = title if len(rollout) > 1 else "activate"
 
-            def leave(lb: Host, group: list[Host] = group) -> None:
-                # The batch's hosts leave this load balancer's pools (the apps that switch on
-                # each) in one call: one nginx reload and one drain for the batch, not one
-                # per host in turn (flaskstack-pool changes a pool one call at a time).
-                calls: dict[tuple, list[Host]] = {}
-                for host in group:
-                    names = tuple(
-                        a["name"]
-                        for a in selected(host, app)
-                        if host.info["apps"][a["name"]]["live"] != plan[host.name, a["name"]]["release"].id
-                    )
-                    calls.setdefault((names, host.drain_timeout), []).append(host)
+            # The batch's hosts leave each load balancer's pools (the apps that switch on
+            # each) in one call: one nginx reload and one drain for the batch, not one per
+            # host in turn (flaskstack-pool changes a pool one call at a time). Hosts whose
+            # apps or drain timeouts differ go in calls of their own.
+            calls: dict[tuple, list[Host]] = {}
+            for host in group:
+                names = tuple(
+                    a["name"]
+                    for a in selected(host, app)
+                    if host.info["apps"][a["name"]]["live"] != plan[host.name, a["name"]]["release"].id
+                )
+                calls.setdefault((names, host.drain_timeout), []).append(host)
+
+            def leave(lb: Host, calls: dict[tuple, list[Host]] = calls) -> None:
                 for (names, _), leaving in calls.items():
                     pool([lb], "out", leaving, list(names), who)
 
