@@ -367,12 +367,16 @@ def open_hosts(
     timing=sys.stdout,
     one: bool = False,
     load_balancers: list[Host] | None = None,
+    lock: DeployLock | None = None,
+    check=None,
 ) -> list[Host]:
     """The hosts (with one, the first only), connected and asked what they have. With src (a
     code push: "" for the inventory's own source, else the folder given), the app model's
-    checks of what is pushed come first: each selected app's source folder and requirements.
-    load_balancers (from load_balancers()) are connected in the same phase, every one
-    required."""
+    checks of what is pushed come first: each selected app's source folder and requirements;
+    then check(hosts), the caller's own (an error message, or None), still before any host is
+    contacted. load_balancers (from load_balancers()) are connected in the same phase, every
+    one required. With lock (deploy_lock()), each selected app's deploy lock is taken on every
+    host in the same call that asks what it has: the connect is the lock."""
     try:
         hosts = load_inventory(inventory, limit, vault_password_file, {app: src} if src else None)
         if one:
@@ -383,12 +387,34 @@ def open_hosts(
                 problems = model.source_errors(host.fab_apps, host.defaults, only=app)
                 if problems:
                     raise DeployError(f"{host.name}: " + "\n".join(problems))
+        problem = check(hosts) if check else None
+        if problem:
+            raise DeployError(problem)
     except DeployError as exc:
         raise Exit(f"fab: {exc}", code=2) from None
 
     def open_one(host: Host) -> None:
         host.connection = connect(host)
-        host.info = json.loads(remote(host, [TOOL, "info"], f"{TOOL} info (is the host provisioned?)"))
+        argv = [TOOL, "info"]
+        if lock:
+            names = [a["name"] for a in selected(host, app)]
+            argv += [f"--lock={n}" for n in names] + ["--holder", lock.holder, "--token", lock.token]
+        try:
+            said = remote(host, argv, f"{TOOL} info (is the host provisioned?)")
+        except DeployError as exc:
+            said = str(exc).split(" failed:\n", 1)[-1]
+            if lock and "unrecognized arguments: --lock" in said:
+                raise DeployError(
+                    f"{host.name}: its {TOOL} is older than this fab (no `info --lock`): "
+                    "run ansible-playbook site.yml first"
+                ) from None
+            if lock and "locked for a deploy" in said:  # provisioned, and someone else deploys
+                raise DeployError(f"{host.name}: {said}") from None
+            raise
+        if lock:
+            lock.taken.append(host)
+            host.lock_token = lock.token
+        host.info = json.loads(said)
         for a in selected(host, app):
             if a["name"] not in host.info["apps"]:
                 raise DeployError(
@@ -403,11 +429,11 @@ def open_hosts(
     def open_any(host: Host) -> None:
         (open_load_balancer if id(host) in lbs else open_one)(host)
 
-    errors = on_every_host(
-        every, open_any, "connect" + (" (and to the load balancers)" if lbs else ""), timing
-    )
+    title = "connect" + (" and lock" if lock else "") + (" (and to the load balancers)" if lbs else "")
+    errors = on_every_host(every, open_any, title, timing)
     if errors:
-        raise Exit("fab: " + "\n".join(errors), code=1)
+        # With lock, deploy_lock() releases what was taken on the hosts that answered.
+        raise Exit("fab: " + "\n".join(errors) + ("\nnothing changed" if lock else ""), code=1)
     return hosts
 
 
@@ -437,37 +463,35 @@ def open_load_balancers(inventory: str, vault_password_file: str) -> list[Host]:
     return [lb for lb in lbs if lb.info]
 
 
+@dataclass
+class DeployLock:
+    """A run's deploy locks: open_hosts(lock=) takes them, deploy_lock() releases them."""
+
+    app: str  # the selected app, or "" for every app
+    holder: str
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    taken: list[Host] = field(default_factory=list)
+
+
 @contextlib.contextmanager
-def deploy_lock(hosts: list[Host], app: str, holder: str):
+def deploy_lock(app: str, holder: str):
     """Each selected app's deploy lock on every host, for the whole of this run (as `kamal
-    lock`): taken before anything changes, released at the end whatever happens (a killed
-    client leaves it: `fab unlock --force`). A lock held elsewhere stops the run first."""
-    token = secrets.token_hex(16)
-    taken: list[tuple[Host, str]] = []
-
-    def take(host: Host) -> None:
-        for a in selected(host, app):
-            remote(
-                host, [TOOL, "lock", a["name"], "--holder", holder, "--token", token], f"{a['name']}: lock"
-            )
-            taken.append((host, a["name"]))
-        host.lock_token = token
-
+    lock`): taken with the connect (open_hosts(lock=...)), before anything changes, and
+    released at the end whatever happens (a killed client leaves it: `fab unlock --force`).
+    A lock held elsewhere stops the run at the connect, with nothing changed."""
+    lock = DeployLock(app, holder)
     try:
-        errors = on_every_host(hosts, take, "lock")
-        if errors:
-            raise Exit("fab: another deploy holds the lock (see above): nothing changed", code=1)
-        yield token
+        yield lock
     finally:
 
         def release(host: Host) -> None:
-            for held, name in taken:
-                if held is host:
-                    remote(host, [TOOL, "unlock", name, "--token", token], f"{name}: unlock", check=False)
+            for a in selected(host, app):
+                argv = [TOOL, "unlock", a["name"], "--token", lock.token]
+                remote(host, argv, f"{a['name']}: unlock", check=False)
             host.lock_token = ""
 
-        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:  # every host at once
-            list(pool.map(release, hosts))
+        with ThreadPoolExecutor(max_workers=max(1, len(lock.taken))) as pool:  # every host at once
+            list(pool.map(release, lock.taken))
 
 
 # -- tasks ----------------------------------------------------------------------------------------
@@ -511,25 +535,28 @@ def deploy(
         raise Exit(f"fab: --src {src} is not a directory", code=2)
     if batch and model.batch_error(batch):
         raise Exit("fab: " + model.batch_error(batch).replace("flaskstack_batch", "--batch", 1), code=2)
-    # The app hosts and the load balancers are connected to in one phase.
     lbs = load_balancers(inventory, vault_password_file)
-    hosts = open_hosts(
-        inventory,
-        limit,
-        vault_password_file,
-        app,
-        src=str(Path(src).resolve()) if src else "",
-        load_balancers=lbs,
-    )
-    # --batch, else the inventory's flaskstack_batch (as the deploy play reads it): checked
-    # before the lock and before anything is packaged or sent.
-    size = batch or hosts[0].batch or model.default_batch(bool(lbs))
-    if model.batch_error(size):
-        raise Exit(f"fab: {model.batch_error(size)}", code=2)
-    rollback_all = rollback_all or hosts[0].rollback_all
     who = f"fab deploy by {getpass.getuser()}@{socket.gethostname()}"
 
-    with deploy_lock(hosts, app, who):
+    def batch_size(hosts: list[Host]) -> str:
+        # --batch, else the inventory's flaskstack_batch (as the deploy play reads it).
+        return batch or hosts[0].batch or model.default_batch(bool(lbs))
+
+    with deploy_lock(app, who) as lock:
+        # The app hosts and the load balancers in one phase, which takes the locks too; the
+        # batch size is checked before any host is contacted.
+        hosts = open_hosts(
+            inventory,
+            limit,
+            vault_password_file,
+            app,
+            src=str(Path(src).resolve()) if src else "",
+            load_balancers=lbs,
+            lock=lock,
+            check=lambda hosts: model.batch_error(batch_size(hosts)),
+        )
+        size = batch_size(hosts)
+        rollback_all = rollback_all or hosts[0].rollback_all
         # Package on this machine, once per app and target Python: the release id is a
         # content hash, so every host gets the same id and the same code.
         plan: dict[tuple[str, str], dict] = {}
@@ -731,7 +758,6 @@ def serving(hosts: list[Host], app: str) -> str:
 def rollback(c, inventory=DEFAULT_INVENTORY, app="", limit="", release="", vault_password_file=""):
     """Put the previous release (or --release ID) live again, health-gated, on every host."""
     started = time.monotonic()
-    hosts = open_hosts(inventory, limit, vault_password_file, app)
     note = f"fab rollback by {getpass.getuser()}@{socket.gethostname()}"
 
     def back(host: Host) -> None:
@@ -740,7 +766,8 @@ def rollback(c, inventory=DEFAULT_INVENTORY, app="", limit="", release="", vault
             say(host.name, f"{a['name']}: rollback")
             say(host.name, remote(host, argv, f"{a['name']}: rollback"))
 
-    with deploy_lock(hosts, app, note):
+    with deploy_lock(app, note) as lock:
+        hosts = open_hosts(inventory, limit, vault_password_file, app, lock=lock)
         errors = on_every_host(hosts, back, "rollback")
     took = time.monotonic() - started
     if errors:

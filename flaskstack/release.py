@@ -765,7 +765,22 @@ def restore_settings(app: App) -> str:
 
 
 def cmd_info(args) -> int:
-    """What `fab deploy` needs to know of this host, as JSON."""
+    """What `fab deploy` needs to know of this host, as JSON. With --lock, the named apps'
+    deploy locks are taken first, in the same call (a deploy's connect is its lock too: one
+    round trip and one start of this tool fewer); all or none: if one is held by someone
+    else, those this call took are released and nothing is printed but why."""
+    if args.lock and not (args.holder and args.token):
+        raise ReleaseError("info --lock needs --holder and --token")
+    locked = []
+    try:
+        for name in args.lock:
+            app = App(name, args.config_dir)
+            if take_deploy_lock(app, args.holder, args.token)[0]:
+                locked.append(app)
+    except ReleaseError:
+        for app in locked:
+            app.deploy_lock_file.unlink(missing_ok=True)
+        raise
     apps = {}
     if args.config_dir.is_dir():
         for path in sorted(args.config_dir.glob(f"*/{RELEASE_SETTINGS}")):
@@ -1434,14 +1449,14 @@ def describe_lock(held: dict) -> str:
     )
 
 
-def cmd_lock(args) -> int:
+def take_deploy_lock(app: App, holder: str, token: str) -> tuple[bool, str]:
     """Take the app's deploy lock for one deploy (every host, every step): fab and
     ansible-playbook take it on every host before they change anything, and release it at
-    the end. The token proves a command belongs to the holder's deploy."""
-    app = App(args.app, args.config_dir)
+    the end. The token proves a command belongs to the holder's deploy. Whether this call
+    took it (not already this deploy's), and that in words; a lock someone else holds raises."""
     entry = {
-        "holder": args.holder,
-        "token": args.token,
+        "holder": holder,
+        "token": token,
         "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     app.home.mkdir(parents=True, exist_ok=True)
@@ -1449,9 +1464,8 @@ def cmd_lock(args) -> int:
         fd = os.open(app.deploy_lock_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         held = app.deploy_lock() or {}
-        if held.get("token") == args.token:
-            print(f"{app.name}: deploy lock already held by this deploy")
-            return 0
+        if held.get("token") == token:
+            return False, f"{app.name}: deploy lock already held by this deploy"
         raise ReleaseError(f"{app.name}: {describe_lock(held)}") from None
     try:
         os.write(fd, json.dumps(entry, sort_keys=True).encode())
@@ -1459,7 +1473,12 @@ def cmd_lock(args) -> int:
     finally:
         os.close(fd)
     fsync_dir(app.deploy_lock_file.parent)
-    print(f"{app.name}: deploy lock taken by {args.holder}")
+    return True, f"{app.name}: deploy lock taken by {holder}"
+
+
+def cmd_lock(args) -> int:
+    """Take the app's deploy lock (take_deploy_lock)."""
+    print(take_deploy_lock(App(args.app, args.config_dir), args.holder, args.token)[1])
     return 0
 
 
@@ -1662,9 +1681,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--token")
     s.add_argument("--force", action="store_true")
     s.set_defaults(func=cmd_unlock)
-    sub.add_parser("info", help="this host's Python, architecture and apps, as JSON").set_defaults(
-        func=cmd_info
-    )
+    s = sub.add_parser("info", help="this host's Python, architecture and apps, as JSON")
+    s.add_argument("--lock", action="append", default=[], metavar="APP", help="take APP's deploy lock first")
+    s.add_argument("--holder", help="with --lock: who deploys")
+    s.add_argument("--token", help="with --lock: the deploy's secret")
+    s.set_defaults(func=cmd_info)
     s = sub.add_parser("prepare", help="unpack a release and build its venv from a wheelhouse")
     s.add_argument("app")
     s.add_argument("release")

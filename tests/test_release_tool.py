@@ -836,6 +836,38 @@ def test_the_deploy_lock_keeps_out_every_other_deploy_and_restart(host):
     assert host.tool("restart", "site").returncode == 0
 
 
+def test_info_takes_every_named_deploy_lock_or_none(host):
+    """fab deploy's connect: `info --lock` takes each app's deploy lock in the call that reads
+    the host; one held by someone else leaves none of this call's own behind, says whose it
+    is, and prints no answer fab could take for a connected host."""
+    other = host.tmp / "srv" / "other"
+    (host.config_dir / "other").mkdir()
+    (host.config_dir / "other" / "release.json").write_text(
+        json.dumps({**host.settings, "name": "other", "home": str(other)})
+    )
+    locks = {"site": host.home / "deploy.lock", "other": other / "deploy.lock"}
+    held = host.tool("lock", "other", "--holder", "ansible-playbook by bo@ci", "--token", "t0")
+    assert held.returncode == 0, held.stderr
+    fab = ["info", "--lock", "site", "--lock", "other"]
+    fab += ["--holder", "fab deploy by ana@laptop", "--token", "t1"]
+    refused = host.tool(*fab)
+    assert refused.returncode == 1 and refused.stdout == "", refused.stdout + refused.stderr
+    assert "other: locked for a deploy by ansible-playbook by bo@ci" in refused.stderr
+    assert not locks["site"].exists(), "the lock this call took on site was left behind"
+    assert json.loads(locks["other"].read_text())["token"] == "t0"
+    assert host.tool("unlock", "other", "--token", "t0").returncode == 0
+    taken = host.tool(*fab)
+    assert taken.returncode == 0, taken.stderr
+    assert sorted(json.loads(taken.stdout)["apps"]) == ["other", "site"]
+    assert {name: json.loads(path.read_text())["token"] for name, path in locks.items()} == {
+        "site": "t1",
+        "other": "t1",
+    }
+    assert host.tool(*fab).returncode == 0  # the same deploy asking again
+    unnamed = host.tool("info", "--lock", "site")
+    assert unnamed.returncode == 1 and "info --lock needs --holder and --token" in unnamed.stderr
+
+
 def test_a_deploy_may_not_put_back_an_older_release_unless_asked(host):
     """A config-only run from an old checkout after a newer deploy: refused, saying why."""
     older, newer = host.release("one"), host.release("two")
