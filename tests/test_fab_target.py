@@ -186,6 +186,30 @@ def test_a_deploy_to_an_unreachable_host_changes_nothing(demo, tmp_path):
         assert response.status == 200
 
 
+def test_a_host_out_of_reach_releases_the_locks_the_others_took(demo, tmp_path):
+    """fab deploy takes each host's deploy lock in the call that connects to it: when another
+    host cannot be reached, the run stops with nothing changed and the locks it took on the
+    hosts that answered are released (a second deploy goes through at once)."""
+    inventory = tmp_path / "inventory"
+    shutil.copytree(ROOT / "inventory" / "local", inventory)
+    hosts = inventory / "hosts.yml"
+    hosts.write_text(hosts.read_text().replace("{{ inventory_dir }}/../..", str(ROOT)))
+    group_vars = inventory / "group_vars" / "flaskstack.yml"
+    group_vars.write_text(group_vars.read_text().replace("{{ inventory_dir }}/../..", str(ROOT)))
+    settings = yaml.safe_load(hosts.read_text())
+    demo_host = settings["flaskstack"]["hosts"]["demo"]
+    settings["flaskstack"]["hosts"]["gone"] = {**demo_host, "ansible_port": 2299}
+    hosts.write_text(yaml.safe_dump(settings))
+    before = page()
+    result = fab("deploy", "--inventory", str(inventory))
+    assert result.returncode == 1, result.output
+    assert "gone (127.0.0.1:2299) is unreachable" in result.output
+    assert "nothing changed" in result.output and "== package" not in result.output
+    assert "locked for a deploy" not in on_target("flaskstack-release status hello").stdout
+    assert page() == before
+    assert fab("deploy", "--limit", "demo", "--inventory", str(inventory)).returncode == 0
+
+
 def test_rollback_to_a_release_that_is_not_there_is_refused(demo):
     before = page()
     result = fab("rollback", "--release", "0123456789ab")
