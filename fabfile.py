@@ -14,7 +14,8 @@ the app role): this file only packages, uploads and calls it.
     fab run 'flask --app hello db current'   # a one-off command, as the app runs
 
 A deploy runs in phases, each on every host at once, and stops before the next
-phase when any host fails: connect (and read what the host has), package on this
+phase when any host fails: connect and lock (read what the host has, taking each
+app's deploy lock in the same call), package on this
 machine (release archive; wheelhouse only when the requirements changed),
 upload and prepare, migrate once (apps with migrate_once), then activate, batch
 by batch (--batch; one host at a time behind load balancers, every host at once
@@ -395,6 +396,12 @@ def open_hosts(
 
     def open_one(host: Host) -> None:
         host.connection = connect(host)
+        if lock:
+            # Counted as taken from here: whatever the call below leaves on the host (it
+            # undoes its own locks when it fails, unless the connection drops first), the
+            # release at the end tries it; an unlock with this run's token touches no one
+            # else's lock.
+            lock.taken.append(host)
         argv = [TOOL, "info"]
         if lock:
             names = [a["name"] for a in selected(host, app)]
@@ -412,7 +419,6 @@ def open_hosts(
                 raise DeployError(f"{host.name}: {said}") from None
             raise
         if lock:
-            lock.taken.append(host)
             host.lock_token = lock.token
         host.info = json.loads(said)
         for a in selected(host, app):
@@ -487,7 +493,10 @@ def deploy_lock(app: str, holder: str):
         def release(host: Host) -> None:
             for a in selected(host, app):
                 argv = [TOOL, "unlock", a["name"], "--token", lock.token]
-                remote(host, argv, f"{a['name']}: unlock", check=False)
+                try:
+                    remote(host, argv, f"{a['name']}: unlock", check=False)
+                except Exception as exc:  # noqa: BLE001 - a connection gone: say so, go on
+                    say(host.name, f"{a['name']}: deploy lock not released ({exc}): fab unlock --force")
             host.lock_token = ""
 
         with ThreadPoolExecutor(max_workers=max(1, len(lock.taken))) as pool:  # every host at once
@@ -520,7 +529,7 @@ def deploy(
     """Push each app's code to every host; health-gated, switched back by itself on failure.
 
     Phases, each on every host at once; a failure on any host stops the deploy
-    before the next phase: connect, package (release archive; wheelhouse only if
+    before the next phase: connect and lock, package (release archive; wheelhouse only if
     the requirements changed), upload and prepare, migrate once (migrate_once
     apps, first host), then activate (check, init, migrate, answer, switch,
     restart, health; switched back on failure) batch by batch, each host of a

@@ -777,10 +777,14 @@ def cmd_info(args) -> int:
             app = App(name, args.config_dir)
             if take_deploy_lock(app, args.holder, args.token)[0]:
                 locked.append(app)
-    except ReleaseError:
+        return print_info(args)
+    except BaseException:  # a lock held elsewhere, an unreadable app, a signal: none kept
         for app in locked:
             app.deploy_lock_file.unlink(missing_ok=True)
         raise
+
+
+def print_info(args) -> int:
     apps = {}
     if args.config_dir.is_dir():
         for path in sorted(args.config_dir.glob(f"*/{RELEASE_SETTINGS}")):

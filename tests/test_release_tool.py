@@ -864,6 +864,15 @@ def test_info_takes_every_named_deploy_lock_or_none(host):
         "other": "t1",
     }
     assert host.tool(*fab).returncode == 0  # the same deploy asking again
+    # A listing that fails once the locks are taken (another app's settings torn): none kept.
+    for name in locks:
+        assert host.tool("unlock", name, "--token", "t1").returncode == 0
+    (host.config_dir / "torn").mkdir()
+    (host.config_dir / "torn" / "release.json").write_text("{")
+    torn = host.tool(*fab)
+    assert torn.returncode != 0 and torn.stdout == "", torn.stdout + torn.stderr
+    assert not [name for name, path in locks.items() if path.exists()], "locks left by a failed info"
+    (host.config_dir / "torn" / "release.json").unlink()
     unnamed = host.tool("info", "--lock", "site")
     assert unnamed.returncode == 1 and "info --lock needs --holder and --token" in unnamed.stderr
 
