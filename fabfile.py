@@ -396,14 +396,13 @@ def open_hosts(
 
     def open_one(host: Host) -> None:
         host.connection = connect(host)
+        argv = [TOOL, "info"]
         if lock:
             # Counted as taken from here: whatever the call below leaves on the host (it
             # undoes its own locks when it fails, unless the connection drops first), the
             # release at the end tries it; an unlock with this run's token touches no one
             # else's lock.
             lock.taken.append(host)
-        argv = [TOOL, "info"]
-        if lock:
             names = [a["name"] for a in selected(host, app)]
             argv += [f"--lock={n}" for n in names] + ["--holder", lock.holder, "--token", lock.token]
         try:
@@ -473,7 +472,6 @@ def open_load_balancers(inventory: str, vault_password_file: str) -> list[Host]:
 class DeployLock:
     """A run's deploy locks: open_hosts(lock=) takes them, deploy_lock() releases them."""
 
-    app: str  # the selected app, or "" for every app
     holder: str
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     taken: list[Host] = field(default_factory=list)
@@ -485,7 +483,7 @@ def deploy_lock(app: str, holder: str):
     lock`): taken with the connect (open_hosts(lock=...)), before anything changes, and
     released at the end whatever happens (a killed client leaves it: `fab unlock --force`).
     A lock held elsewhere stops the run at the connect, with nothing changed."""
-    lock = DeployLock(app, holder)
+    lock = DeployLock(holder)
     try:
         yield lock
     finally:
