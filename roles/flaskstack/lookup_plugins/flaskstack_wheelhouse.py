@@ -16,33 +16,37 @@ except ImportError:  # ansible-playbook from elsewhere: the package lies beside 
 
 DOCUMENTATION = r"""
 name: flaskstack_wheelhouse
-short_description: Build (once) an app's wheelhouse for a target Python and architecture
+short_description: Build (once) each app's wheelhouse for a target Python and architecture
 description:
-  - Downloads binary wheels for the app's requirements and server packages into the control
-    node's cache unless they are there already; returns C(key), C(path), C(archive) and
-    C(upload) (where the host gets the archive).
-  - Keyword arguments C(app) (a resolved app), C(python), C(architecture), C(platforms),
+  - Downloads binary wheels for each app's requirements and server packages into the control
+    node's cache unless they are there already; returns one dict, app name -> C(key), C(path),
+    C(archive) and C(upload) (where the host gets the archive).
+  - Keyword arguments C(apps) (resolved apps), C(python), C(architecture), C(platforms),
     C(pip_args), C(cache_dir).
+  - Every app in one call, so that a failure (pip's message) stops the task that asked. A lookup
+    called in a Jinja C({% set %}) statement, once per app, failed without a word under
+    ansible-core 2.19 and left the app out of the result.
 """
 
 
 class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
-        app = kwargs["app"]
-        try:  # the model says where the host gets it
-            key, folder = packaging.build_wheelhouse(
-                app["name"],
-                packaging.read_project(Path(app["src"]).resolve(), app["requirements"]),
-                [str(p) for p in app["server_packages"]],
-                str(kwargs["python"]),
-                str(kwargs["architecture"]),
-                [str(p) for p in kwargs.get("platforms") or []],
-                [str(a) for a in kwargs.get("pip_args") or []],
-                Path(kwargs["cache_dir"]),
-            )
-        except packaging.WheelhouseError as exc:
-            raise AnsibleError(str(exc)) from None
-        archive = str(packaging.wheelhouse_archive(folder))
-        return [
-            {"key": key, "path": str(folder), "archive": archive, "upload": model.wheelhouse_upload(app, key)}
-        ]
+        found = {}
+        for app in kwargs["apps"]:
+            try:  # the model says where the host gets it
+                key, folder = packaging.build_wheelhouse(
+                    app["name"],
+                    packaging.read_project(Path(app["src"]).resolve(), app["requirements"]),
+                    [str(p) for p in app["server_packages"]],
+                    str(kwargs["python"]),
+                    str(kwargs["architecture"]),
+                    [str(p) for p in kwargs.get("platforms") or []],
+                    [str(a) for a in kwargs.get("pip_args") or []],
+                    Path(kwargs["cache_dir"]),
+                )
+            except packaging.WheelhouseError as exc:
+                raise AnsibleError(str(exc)) from None
+            archive = str(packaging.wheelhouse_archive(folder))
+            upload = model.wheelhouse_upload(app, key)
+            found[app["name"]] = {"key": key, "path": str(folder), "archive": archive, "upload": upload}
+        return [found]
