@@ -357,6 +357,34 @@ def test_a_database_with_no_database_host_stops_before_any_change(run_site):
     )
 
 
+def test_one_vm_that_is_its_own_database_host_needs_no_address(run_site):
+    """The commonest setup (one VM, its app and its PostgreSQL): nothing else reaches the
+    host, so its address is 127.0.0.1 and the group checks pass (the run goes on to the
+    roles)."""
+    apps = {"flaskstack_apps": [app(database="postgresql", database_password="secret-value")]}
+    result = run_site(apps, groups={"flaskstack": {}, "flaskstack_db": {}})
+    output = result.stdout + result.stderr
+    assert "Give a host that is the whole inventory the private address 127.0.0.1" in output, output[-3000:]
+    assert "flaskstack_private_address is not set" not in output, output[-3000:]
+    assert "TASK [base :" in output, output[-3000:]
+    assert "secret-value" not in output
+
+
+@pytest.mark.parametrize(
+    "others, message",
+    [
+        ({"flaskstack_db": ["another"]}, r"badinput: flaskstack_private_address is not set; with load"),
+        ({"flaskstack": ["another"]}, r"badinput: flaskstack_private_address is not set; with load"),
+    ],
+    ids=["another database host", "another app host"],
+)
+def test_a_database_host_among_other_hosts_needs_addresses(run_site, others, message):
+    """With a second host in the inventory, the others reach this one: its address is asked for."""
+    apps = {"flaskstack_apps": [app(database="postgresql", database_password="secret-value")]}
+    groups = {"flaskstack": {}} if "flaskstack_db" in others else {"flaskstack": {}, "flaskstack_db": {}}
+    stopped_before_any_change(run_site(apps, groups=groups, others=others), message)
+
+
 def test_a_scheduler_on_two_app_hosts_needs_its_host_named(run_site):
     """With the first host of the group as the default, adding or reordering a host would
     move Celery beat without anyone asking."""
@@ -492,3 +520,21 @@ def test_the_first_check_reads_every_roles_argument_spec():
     assert sorted(listed) == sorted(
         p.parent.parent.name for p in (ROOT / "roles").glob("*/meta/argument_specs.yml")
     )
+
+
+def test_no_template_drops_a_failure_in_a_set_statement():
+    """Under ansible-core 2.19 a call in `{% set _ = list.append(...) %}` whose argument fails
+    (an undefined variable, a filter's or a lookup's error) is skipped without a word: the
+    value is never rendered, so neither is its error. A check's message was dropped that way
+    and the check passed; a wheelhouse pip could not build left its app out, and the run
+    failed two tasks later on a missing key. The roles call such methods as the test of an
+    `{% if %}` instead, which evaluates the result and so raises the error."""
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for folder in ("roles", "playbooks", "templates")
+        for path in sorted((ROOT / folder).rglob("*"))
+        if path.suffix in (".yml", ".j2")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\{%-?\s*set\s+_\s*=", line)
+    ]
+    assert found == []
