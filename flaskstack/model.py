@@ -673,7 +673,15 @@ def project(app: dict) -> dict:
         "description": found.describe() + ("; imported from the venv" if from_venv else ""),
         "notes": notes,
         "from_venv": from_venv,
+        "named": sorted({package_name(line) for line in found.requirements.splitlines()} - {""}),
     }
+
+
+def package_name(requirement: str) -> str:
+    """A requirement's project name as pip compares them (PEP 503: lower case, runs of -_. as
+    one -), or '' for an option line (-r, --hash, -e)."""
+    found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return re.sub(r"[-_.]+", "-", found[1]).lower() if found else ""
 
 
 def _certificate(app: dict) -> str:
@@ -832,8 +840,17 @@ def resolve(
             {**s, "path": str(snippet_file(s["src"], base_dir))} if "src" in s else dict(s)
             for s in app.get("nginx_snippets") or []
         ]
-        app["server_packages"] = app_packages(app, server_packages, worker_packages)
         app["project"] = project(app) if _present(app) else {}
+        # An app that pins its app server (gunicorn==21.2.0 in its requirements, as many do for
+        # Heroku or Docker) gets its own: flaskstack's pin beside it could never be installed.
+        named = app["project"].get("named", [])
+        packages = app_packages(app, server_packages, worker_packages)
+        app["server_packages"] = [p for p in packages if package_name(p) not in named]
+        for p in packages:
+            if package_name(p) in named:
+                app["project"]["notes"].append(
+                    f"{package_name(p)}: the app's requirements pin it, so theirs is installed, not {p}"
+                )
         app.update(paths(app, layout, health_host))
         # An absent app's workers and timers go by their unit files (processes --all).
         app.update(processes(app if _present(app) else {"name": app["name"]}, scheduler_here))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -363,9 +364,78 @@ def build_project_wheel(src: Path, name: str, exclude: list[str], release: str, 
     return folder / wheels[0].name
 
 
+# pip's words for a requirement it found no wheel of (an sdist-only release among them).
+_NO_DISTRIBUTION = re.compile(r"No matching distribution found for (\S+)")
+# The requirements of a wheelhouse built from their source distributions (one per line).
+BUILT_FROM_SOURCE = "built-from-source.txt"
+MAX_BUILT_FROM_SOURCE = 20
+
+
+def build_source_wheel(
+    name: str, requirement: str, python: str, architecture: str, pip_args: list[str], dest: Path,
+    failed: WheelhouseError,
+) -> None:  # fmt: skip
+    """A requirement with no wheel on the index (Flask-Mail 0.9.1, langdetect: a source
+    distribution only), built into a wheel here: a pure-Python one serves any target, as the
+    project's own wheel does. Anything else is refused with pip's first message (failed)."""
+    with tempfile.TemporaryDirectory(prefix="flaskstack-sdist-") as tmp:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
+             "--wheel-dir", tmp, *pip_args, requirement],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or len(wheels) != 1:
+            raise WheelhouseError(
+                f"{failed}\nand no wheel of {requirement} could be built here:\n{build_failure(result)}"
+            )
+        if wheels[0].stem.split("-")[-2:] != ["none", "any"]:
+            raise WheelhouseError(
+                f"{name}: {requirement} has no wheel for CPython {python} on {architecture}, only a source "
+                f"distribution, and built here it is {wheels[0].name}, for this machine: pin a version "
+                "that has a wheel for the target"
+            )
+        shutil.copy2(wheels[0], dest / wheels[0].name)
+
+
 def wheelhouse_key(requirements: bytes, packages: list[str], python: str, architecture: str) -> str:
-    digest = hashlib.sha256(requirements + b"\0" + "\n".join(packages).encode()).hexdigest()[:12]
-    return f"cp{python.replace('.', '')}-{architecture}-{digest}"
+    """cp<major><minor>-<architecture>-<digest>: python may be the full version (3.11.2), which
+    environment markers can tell apart (python_full_version), so it is in the digest too."""
+    major_minor = ".".join(python.split(".")[:2])
+    full = f"\0{python}" if python != major_minor else ""
+    digest = hashlib.sha256(requirements + b"\0" + "\n".join(packages).encode() + full.encode()).hexdigest()[
+        :12
+    ]
+    return f"cp{major_minor.replace('.', '')}-{architecture}-{digest}"
+
+
+# pip download --python-version --platform chooses wheels for the target but evaluates
+# environment markers for the Python it runs on: redis 5.0.1 needs async-timeout where
+# python_full_version <= "3.11.2" (Debian 12's Python), which a control node on 3.11.7
+# left out, and a macOS control node would take sys_platform == "darwin" packages. pip
+# runs here with the target's environment for its markers (packaging's default_environment,
+# which pip's markers read at each evaluation).
+PIP_FOR_TARGET = """
+import json, sys
+from pip._vendor.packaging import markers
+target = json.loads(sys.argv.pop(1))
+here = markers.default_environment
+markers.default_environment = lambda: {**here(), **target}
+from pip._internal.cli.main import main
+sys.exit(main())
+"""
+
+
+def target_markers(python: str, architecture: str) -> dict[str, str]:
+    """The environment markers of CPython `python` (3.11 or 3.11.2) on Linux `architecture`."""
+    parts = python.split(".")
+    full = python if len(parts) > 2 else f"{python}.0"
+    return {
+        "implementation_name": "cpython", "implementation_version": full,
+        "platform_python_implementation": "CPython", "python_version": ".".join(parts[:2]),
+        "python_full_version": full, "platform_machine": architecture, "platform_system": "Linux",
+        "sys_platform": "linux", "os_name": "posix",
+    }  # fmt: skip
 
 
 def build_wheelhouse(
@@ -395,7 +465,8 @@ def build_wheelhouse(
             (partial / CONSTRAINTS).write_text(cons)
         (partial / "packages.txt").write_text("".join(f"{p}\n" for p in packages))
         download = [
-            sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
+            sys.executable, "-c", PIP_FOR_TARGET, json.dumps(target_markers(python, architecture)),
+            "download", "--disable-pip-version-check", "--quiet",
             "--only-binary=:all:", "--implementation", "cp", "--python-version", python,
             *[arg for tag in platforms for arg in ("--platform", tag)],
             "--dest", str(partial), *pip_args,
@@ -403,17 +474,35 @@ def build_wheelhouse(
         # With --hash pins, the app server's packages (unpinned by hash) get a run of their own.
         files = [REQUIREMENTS, "packages.txt"]
         runs = [files[:1], files[1:]] if hashed(reqs) else [files]
+        built: list[str] = []
         for run in runs:
-            result = subprocess.run(
-                download + [arg for f in run for arg in ("-r", str(partial / f))],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if result.returncode != 0:
+            while True:
+                files_args = [arg for f in run for arg in ("-r", str(partial / f))]
+                result = subprocess.run(
+                    [*download, "--find-links", str(partial), *files_args],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                if result.returncode == 0:
+                    break
                 reason = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
-                raise WheelhouseError(
+                failed = WheelhouseError(
                     f"{name}: pip cannot get wheels of {' and '.join(project.files)} for CPython {python} on "
                     f"{architecture}:\n{reason}"
                 )
+                # pip says no more than the first requirement it has no wheel of: one at a time.
+                missing = _NO_DISTRIBUTION.search(result.stderr)
+                if not missing or missing[1] in built or len(built) >= MAX_BUILT_FROM_SOURCE:
+                    raise failed
+                if hashed(reqs):
+                    raise WheelhouseError(
+                        f"{failed}\n{missing[1]} may have only a source distribution: with --hash pins "
+                        "its wheel cannot be built here (the wheel's hash is not the pinned file's); pin a "
+                        "version that has a wheel"
+                    )
+                build_source_wheel(name, missing[1], python, architecture, pip_args, partial, failed)
+                built.append(missing[1])
+        if built:
+            (partial / BUILT_FROM_SOURCE).write_text("".join(f"{r}\n" for r in built))
         (partial / "packages.txt").rename(partial / SERVER_REQUIREMENTS)
         # Another process (a second host, or a parallel test run) may have finished it
         # while this one downloaded: keep theirs, which someone may be reading now.

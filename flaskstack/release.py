@@ -796,7 +796,8 @@ def print_info(args) -> int:
             )
             apps[app.name] = {"live": app.live(), "releases": app.releases(), "wheelhouses": wheelhouses}
     info = {
-        "python": "{}.{}".format(*sys.version_info[:2]),
+        # The full version: environment markers can tell 3.11.2 from 3.11.7 (the wheelhouse's).
+        "python": "{}.{}.{}".format(*sys.version_info[:3]),
         "architecture": platform.machine(),
         "apps": apps,
     }

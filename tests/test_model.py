@@ -45,6 +45,22 @@ def test_every_path_follows_the_layout_settings():
     assert layout.host()["config_dir"] == "/etc/webapps"
 
 
+def test_an_app_that_pins_its_app_server_gets_its_own(tmp_path):
+    """microblog pins gunicorn==21.2.0 (and so do most apps made for Heroku or Docker):
+    flaskstack's own pin beside it could never be installed, so the app's is, and the
+    report says so. One it does not pin (gevent here) is still added."""
+    (tmp_path / "requirements.txt").write_text("Flask==3.1.3\nGunicorn==21.2.0\n")
+    (app,) = model.resolve(
+        [{**APP, "src": str(tmp_path)}], DEFAULTS, model.Layout("/srv", "/etc", "/run"), **PACKAGES
+    )
+    assert app["server_packages"] == ["gevent==2"]
+    assert (
+        "gunicorn: the app's requirements pin it, so theirs is installed, not gunicorn==1"
+        in app["project"]["notes"]
+    )
+    assert app["release_extra"][:1] == ["gevent==2"]
+
+
 def test_acme_certificates_stay_where_certbot_keeps_them():
     (app,) = model.resolve(
         [{**APP, "tls": "acme"}],

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 
 from flaskstack.packaging import (
+    BUILT_FROM_SOURCE,
     REVISION_FILE,
     SERVER_REQUIREMENTS,
     Project,
+    WheelhouseError,
     build_release,
     build_wheelhouse,
+    read_project,
     release_id,
     source_files,
     wheelhouse_key,
@@ -147,3 +151,39 @@ def test_a_wheelhouse_another_process_finished_first_is_kept(tmp_path, monkeypat
     assert (got_key, folder) == (key, theirs)
     assert (folder / "flask-3.1.3-py3-none-any.whl").read_text() == "theirs"
     assert sorted(p.name for p in folder.parent.iterdir()) == [key]  # no partial left behind
+
+
+def wheels_of(folder: Path) -> list[str]:
+    return sorted(p.name.split("-")[0].lower() for p in folder.glob("*.whl"))
+
+
+def test_a_wheelhouse_follows_the_targets_environment_markers(tmp_path):
+    """redis 5.0.1 needs async-timeout where python_full_version <= "3.11.2" (Debian 12's
+    Python). pip evaluates markers for the Python it runs on, whatever --python-version
+    says: on a control node with 3.11.7 it was left out and the host's venv could not be
+    installed. Real pip against the index."""
+    (tmp_path / "requirements.txt").write_text("redis==5.0.1\n")
+    project = read_project(tmp_path)
+    _, debian = build_wheelhouse("app", project, [], "3.11.2", "x86_64", [], [], tmp_path / "cache")
+    assert wheels_of(debian) == ["async_timeout", "redis"]
+    _, newer = build_wheelhouse("app", project, [], "3.11.9", "x86_64", [], [], tmp_path / "cache")
+    assert wheels_of(newer) == ["redis"]
+
+
+def test_a_requirement_with_a_source_distribution_only_is_built_here(tmp_path):
+    """langdetect 1.0.9 (microblog's) has no wheel on PyPI: built here it is pure Python, a
+    wheel for any target, and its own requirements (six) come from the index as usual. With
+    --hash pins it cannot be (the built wheel's hash is not the pinned file's): said so."""
+    (tmp_path / "requirements.txt").write_text("langdetect==1.0.9\n")
+    _, folder = build_wheelhouse(
+        "app", read_project(tmp_path), [], "3.11.2", "x86_64", [], [], tmp_path / "c"
+    )
+    assert wheels_of(folder) == ["langdetect", "six"]
+    assert (folder / BUILT_FROM_SOURCE).read_text() == "langdetect==1.0.9\n"
+    (tmp_path / "requirements.txt").write_text(
+        "langdetect==1.0.9 --hash=sha256:cbc1fef89f8d062739774bd51eda3da3274006b3661d199c2655f6b3f6d605a0\n"
+    )
+    with pytest.raises(
+        WheelhouseError, match=r"langdetect==1\.0\.9 may have only a source distribution: with --hash"
+    ):
+        build_wheelhouse("app", read_project(tmp_path), [], "3.11.2", "x86_64", [], [], tmp_path / "c")

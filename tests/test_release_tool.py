@@ -529,7 +529,7 @@ def test_status_and_info_describe_the_host(host):
     assert status["health"] == "GET /healthz -> 200"
     info = json.loads(host.tool("info").stdout)
     assert info["apps"]["site"] == {"live": first, "releases": [first], "wheelhouses": [WHEELHOUSE]}
-    assert info["python"] == "{}.{}".format(*sys.version_info[:2])
+    assert info["python"] == "{}.{}.{}".format(*sys.version_info[:3])
 
 
 def test_a_shared_database_is_migrated_once_then_every_host_skips_it(host):
