@@ -284,7 +284,8 @@ def test_a_failed_ansible_batch_stops_the_rollout_and_says_what_each_host_serves
     assert result.returncode == 2, result.output[-4000:]
     now = serving()
     assert now["app2"] == before["app2"] and now["app3"] == before["app3"] and now["app1"] != before["app1"]
-    assert "Rolling deploy stopped: app2 failed" in result.output
+    said = " ".join(result.output.split())
+    assert "Deploy stopped: app2 failed (see above); its batch was sent back, earlier batches (app1)" in said
     assert f"app1: hello {now['app1']}" in result.output and f"app3: hello {before['app3']}" in result.output
     assert all(s["in_pool"] for s in pool_status().values())
     # Another such release with app_rollback_all: app1 switches to it, then goes back.
