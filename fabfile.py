@@ -48,7 +48,14 @@ from invoke.exceptions import Exit
 from paramiko import RejectPolicy, SSHException
 
 from flaskstack import model
-from flaskstack.packaging import WheelhouseError, build_wheelhouse, git_note, package, wheelhouse_archive
+from flaskstack.packaging import (
+    WheelhouseError,
+    build_wheelhouse,
+    git_note,
+    package,
+    wheelhouse_archive,
+    wheelhouse_notes,
+)
 
 ROOT = Path(__file__).resolve().parent
 TOOL = model.TOOL
@@ -591,10 +598,10 @@ def deploy(
             f"== package: {time.monotonic() - t0:.2f}s  " + ", ".join(f"{a} {i}" for a, i in ids), flush=True
         )
         shown = {a["name"]: a["project"] for host in hosts for a in selected(host, app)}
+        built = {a: wheelhouse_notes(p["wheels"]) for (_, a), p in plan.items()}
         for name, project in shown.items():
-            print(
-                "\n".join(f"   {line}" for line in [f"{name}: {project['description']}", *project["notes"]])
-            )
+            lines = [f"{name}: {project['description']}", *project["notes"], *built[name]]
+            print("\n".join(f"   {line}" for line in lines))
 
         def prepare(host: Host) -> None:
             for a in selected(host, app):

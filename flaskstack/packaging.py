@@ -520,6 +520,15 @@ def build_wheelhouse(
     return key, folder
 
 
+def wheelhouse_notes(folder: Path) -> list[str]:
+    """What a deploy says of a wheelhouse: the requirements built here from their source."""
+    try:
+        built = (folder / BUILT_FROM_SOURCE).read_text().split()
+    except FileNotFoundError:
+        return []
+    return [f"built here from source distributions (no wheel on the index, pure Python): {', '.join(built)}"]
+
+
 def wheelhouse_archive(folder: Path) -> Path:
     """The wheelhouse as one uncompressed tar (wheels are compressed already), made once."""
     archive = folder.with_name(folder.name + ".tar")

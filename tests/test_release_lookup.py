@@ -20,6 +20,7 @@ from flaskstack.packaging import (
     release_id,
     source_files,
     wheelhouse_key,
+    wheelhouse_notes,
 )
 
 EXCLUDE = ["__pycache__", "*.pyc", "tests"]
@@ -180,6 +181,9 @@ def test_a_requirement_with_a_source_distribution_only_is_built_here(tmp_path):
     )
     assert wheels_of(folder) == ["langdetect", "six"]
     assert (folder / BUILT_FROM_SOURCE).read_text() == "langdetect==1.0.9\n"
+    assert wheelhouse_notes(folder) == [
+        "built here from source distributions (no wheel on the index, pure Python): langdetect==1.0.9"
+    ]
     (tmp_path / "requirements.txt").write_text(
         "langdetect==1.0.9 --hash=sha256:cbc1fef89f8d062739774bd51eda3da3274006b3661d199c2655f6b3f6d605a0\n"
     )

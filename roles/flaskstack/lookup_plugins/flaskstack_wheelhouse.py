@@ -20,7 +20,7 @@ short_description: Build (once) each app's wheelhouse for a target Python and ar
 description:
   - Downloads binary wheels for each app's requirements and server packages into the control
     node's cache unless they are there already; returns one dict, app name -> C(key), C(path),
-    C(archive) and C(upload) (where the host gets the archive).
+    C(archive), C(upload) (where the host gets the archive) and C(notes) (what the deploy says of it).
   - Keyword arguments C(apps) (resolved apps), C(python), C(architecture), C(platforms),
     C(pip_args), C(cache_dir).
   - Every app in one call, so that a failure (pip's message) stops the task that asked. A lookup
@@ -48,5 +48,8 @@ class LookupModule(LookupBase):
                 raise AnsibleError(str(exc)) from None
             archive = str(packaging.wheelhouse_archive(folder))
             upload = model.wheelhouse_upload(app, key)
-            found[app["name"]] = {"key": key, "path": str(folder), "archive": archive, "upload": upload}
+            found[app["name"]] = {
+                "key": key, "path": str(folder), "archive": archive, "upload": upload,
+                "notes": packaging.wheelhouse_notes(folder),
+            }  # fmt: skip
         return [found]
