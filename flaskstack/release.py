@@ -993,15 +993,20 @@ def cmd_prepare(args) -> int:
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def backup(app: App, release: str) -> Path:
+NO_BACKUP = "no SQLite database in its writable paths and no backup_command"
+
+
+def backup(app: App, release: str) -> Path | None:
     """A consistent copy, before a migration, of every SQLite database in the app's writable
     paths (SQLite's online backup), and the standard output of backup_command (for another
     database: `pg_dump "$DATABASE_URL"`), in <home>/backups/<time>-before-<release>/, root's
-    only. The newest keep_backups are kept."""
+    only. The newest keep_backups are kept. None when there was nothing to copy (NO_BACKUP):
+    an empty folder would be said, and read, as a backup."""
     # Named to sort by time (to the microsecond: two deploys in one second stay in order).
     folder = Path(app.cfg["backups_dir"]) / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S.%fZ}-before-{release}"
     folder.mkdir(parents=True, mode=0o700)
     os.chmod(folder.parent, 0o700)
+    copied = False
     for root in map(Path, app.cfg["writable_paths"]):
         files = (
             [root]
@@ -1019,6 +1024,7 @@ def backup(app: App, release: str) -> Path:
             except FileNotFoundError:
                 continue
             copy = folder / path.relative_to(app.home)
+            copied = True
             copy.parent.mkdir(parents=True, exist_ok=True)
             source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
@@ -1027,6 +1033,9 @@ def backup(app: App, release: str) -> Path:
             finally:
                 source.close()
     command = app.cfg["backup_command"]
+    if not command and not copied:
+        folder.rmdir()
+        return None
     if command:
         argv, kwargs = release_command(app, release, ["/bin/sh", "-ec", command])
         with (folder / "backup_command.out").open("wb") as out:
@@ -1093,13 +1102,17 @@ def run_migration(app: App, release: str, found: str | None) -> str:
     try:
         out = in_release(app, release, ["/bin/sh", "-ec", command], f"{app.name}: migrate_command failed")
     except ReleaseError as exc:
-        raise ReleaseError(
-            f"{exc}\n  the data as it was before: {saved} (README: restore a backup)"
-        ) from None
+        before = (
+            f"the data as it was before: {saved} (README: restore a backup)"
+            if saved
+            else (f"no backup was made before it ({NO_BACKUP})")
+        )
+        raise ReleaseError(f"{exc}\n  {before}") from None
     if found is not None:
         when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         write_atomic(app.migrated_file, json.dumps({"release": release, "time": when, "migrations": found}))
-    return f"backup {saved.name}; " + (out.splitlines() or [command])[-1][:100]
+    made = f"backup {saved.name}" if saved else f"no backup ({NO_BACKUP})"
+    return f"{made}; " + (out.splitlines() or [command])[-1][:100]
 
 
 def migrate(app: App, release: str, force: bool = False) -> str:
