@@ -677,6 +677,12 @@ def project(app: dict) -> dict:
     }
 
 
+def postgresql_backup(app: dict) -> str:
+    """The dump of a database: postgresql app's own database before each migration, as the
+    app (its role owns what its migrations made), in pg_dump's custom format (pg_restore)."""
+    return f'pg_dump --format=custom --no-owner "${app.get("database_env") or "DATABASE_URL"}"'
+
+
 def package_name(requirement: str) -> str:
     """A requirement's project name as pip compares them (PEP 503: lower case, runs of -_. as
     one -), or '' for an option line (-r, --hash, -e)."""
@@ -841,6 +847,8 @@ def resolve(
             for s in app.get("nginx_snippets") or []
         ]
         app["project"] = project(app) if _present(app) else {}
+        if app.get("database") == "postgresql" and not app.get("backup_command"):
+            app["backup_command"] = postgresql_backup(app)
         # An app that pins its app server (gunicorn==21.2.0 in its requirements, as many do for
         # Heroku or Docker) gets its own: flaskstack's pin beside it could never be installed.
         named = app["project"].get("named", [])

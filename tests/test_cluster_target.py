@@ -450,6 +450,19 @@ def test_the_database_takes_the_app_hosts_only_and_over_tls(cluster):
     assert from_lb.returncode != 0 and "timed out" in from_lb.stderr, from_lb
 
 
+def test_the_migration_that_made_the_tables_was_preceded_by_a_dump(cluster):
+    """database: postgresql without backup_command: pg_dump of the app's database, as the app,
+    from the host that migrated (migrate_once: one host), before each migration."""
+    listing = "ls /srv/hello/backups/*/backup_command.out 2>/dev/null || true"
+    dumps = [
+        (port, path) for port in (2241, 2242, 2243) for path in on_target(listing, port=port).stdout.split()
+    ]
+    assert dumps, "no pre-migration dump on any app host"
+    port, path = dumps[0]
+    magic = on_target(f"head -c 5 {path}", port=port).stdout
+    assert magic == "PGDMP", magic  # pg_dump's custom format
+
+
 def test_the_nightly_dump_runs_and_restores(cluster):
     """The dump timer is on; its service (started now, as the timer would) writes a dump
     that pg_restore reads back into a scratch database with the same visits."""

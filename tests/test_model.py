@@ -61,6 +61,17 @@ def test_an_app_that_pins_its_app_server_gets_its_own(tmp_path):
     assert app["release_extra"][:1] == ["gevent==2"]
 
 
+def test_a_postgresql_app_is_dumped_before_each_migration_unless_it_says_how():
+    layout = model.Layout("/srv", "/etc", "/run")
+    app = {**APP, "database": "postgresql", "database_env": "FLASK_SQLALCHEMY_DATABASE_URI"}
+    (dumped,) = model.resolve([app], {**DEFAULTS, "backup_command": ""}, layout, **PACKAGES)
+    assert dumped["backup_command"] == 'pg_dump --format=custom --no-owner "$FLASK_SQLALCHEMY_DATABASE_URI"'
+    (own,) = model.resolve([{**app, "backup_command": "true"}], DEFAULTS, layout, **PACKAGES)
+    assert own["backup_command"] == "true"
+    (sqlite,) = model.resolve([APP], {**DEFAULTS, "backup_command": ""}, layout, **PACKAGES)
+    assert sqlite["backup_command"] == ""
+
+
 def test_acme_certificates_stay_where_certbot_keeps_them():
     (app,) = model.resolve(
         [{**APP, "tls": "acme"}],
