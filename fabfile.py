@@ -71,6 +71,8 @@ FAB_KEYS += ("migrate_once", "server_names", "shared_dirs", "shared_files")
 FAB_KEYS += ("static_dir", "static_url")
 # (And which workers and timers an app has: fab logs --process; their commands are no secret.)
 FAB_KEYS += ("workers", "timers")
+# (And which requirements may be built here from their source: the wheelhouse's.)
+FAB_KEYS += ("build_from_source",)
 DEFAULT_INVENTORY = os.environ.get("FLASKSTACK_INVENTORY", str(ROOT / "inventory" / "local"))
 GROUP = "flaskstack"
 # The load balancers in front of the app hosts, if the inventory has them.
@@ -584,6 +586,7 @@ def deploy(
                     key, wheels = build_wheelhouse(
                         a["name"], project, a["server_packages"], python, arch,
                         host.platforms.get(arch, []), host.pip_args, host.cache_dir,
+                        a.get("build_from_source") or [],
                     )  # fmt: skip
                 except (OSError, WheelhouseError) as exc:
                     raise Exit(f"fab: packaging {a['name']} for {host.name} failed: {exc}", code=1) from None

@@ -367,6 +367,11 @@ def _settings(app: dict) -> str:
         return f"static_dir ({n}) is {_json(static_dir)}: use a folder relative to src, without '..'."
     if not HEALTH_PATH_RE.match(str(app.get("health_path"))):
         return f"health_path ({n}) is {_json(app.get('health_path'))}: it must start with '/'."
+    if not isinstance(app.get("backup_command", ""), str):
+        return (
+            f"backup_command ({n}) is {_json(app.get('backup_command'))}: give a command as a string "
+            '(backup_command: "true" for none: YAML reads a bare true as a boolean).'
+        )
     if not _at_least_one(app.get("keep_backups", 1)):
         return f"keep_backups ({n}) is {_json(app.get('keep_backups'))}: keep at least 1."
     keys = list(app.get("env") or {}) + list(app.get("secret_env") or {})
@@ -673,7 +678,11 @@ def project(app: dict) -> dict:
         "description": found.describe() + ("; imported from the venv" if from_venv else ""),
         "notes": notes,
         "from_venv": from_venv,
-        "named": sorted({package_name(line) for line in found.requirements.splitlines()} - {""}),
+        # A pin under a marker (gunicorn; sys_platform == "win32") may not hold on the host.
+        "named": sorted(
+            {packaging.package_name(line) for line in found.requirements.splitlines() if ";" not in line}
+            - {""}
+        ),
     }
 
 
@@ -681,13 +690,6 @@ def postgresql_backup(app: dict) -> str:
     """The dump of a database: postgresql app's own database before each migration, as the
     app (its role owns what its migrations made), in pg_dump's custom format (pg_restore)."""
     return f'pg_dump --format=custom --no-owner "${app.get("database_env") or "DATABASE_URL"}"'
-
-
-def package_name(requirement: str) -> str:
-    """A requirement's project name as pip compares them (PEP 503: lower case, runs of -_. as
-    one -), or '' for an option line (-r, --hash, -e)."""
-    found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
-    return re.sub(r"[-_.]+", "-", found[1]).lower() if found else ""
 
 
 def _certificate(app: dict) -> str:
@@ -853,11 +855,11 @@ def resolve(
         # Heroku or Docker) gets its own: flaskstack's pin beside it could never be installed.
         named = app["project"].get("named", [])
         packages = app_packages(app, server_packages, worker_packages)
-        app["server_packages"] = [p for p in packages if package_name(p) not in named]
+        app["server_packages"] = [p for p in packages if packaging.package_name(p) not in named]
         for p in packages:
-            if package_name(p) in named:
+            if (pinned := packaging.package_name(p)) in named:
                 app["project"]["notes"].append(
-                    f"{package_name(p)}: the app's requirements pin it, so theirs is installed, not {p}"
+                    f"{pinned}: the app's requirements pin it, so theirs is installed, not {p}"
                 )
         app.update(paths(app, layout, health_host))
         # An absent app's workers and timers go by their unit files (processes --all).

@@ -364,8 +364,18 @@ def build_project_wheel(src: Path, name: str, exclude: list[str], release: str, 
     return folder / wheels[0].name
 
 
-# pip's words for a requirement it found no wheel of (an sdist-only release among them).
-_NO_DISTRIBUTION = re.compile(r"No matching distribution found for (\S+)")
+# pip's words for a requirement it found no wheel of (an sdist-only release among them):
+# the rest of the line, whose marker (after ";") is cut off.
+_NO_DISTRIBUTION = re.compile(r"No matching distribution found for (.+)$", re.M)
+
+
+def package_name(requirement: str) -> str:
+    """A requirement's project name as pip compares them (PEP 503: lower case, runs of -_. as
+    one -), or '' for an option line (-r, --hash, -e)."""
+    found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return re.sub(r"[-_.]+", "-", found[1]).lower() if found else ""
+
+
 # The requirements of a wheelhouse built from their source distributions (one per line).
 BUILT_FROM_SOURCE = "built-from-source.txt"
 MAX_BUILT_FROM_SOURCE = 20
@@ -403,9 +413,9 @@ def wheelhouse_key(requirements: bytes, packages: list[str], python: str, archit
     environment markers can tell apart (python_full_version), so it is in the digest too."""
     major_minor = ".".join(python.split(".")[:2])
     full = f"\0{python}" if python != major_minor else ""
-    digest = hashlib.sha256(requirements + b"\0" + "\n".join(packages).encode() + full.encode()).hexdigest()[
-        :12
-    ]
+    # "markers": wheelhouses made before markers were read for the target are never reused.
+    salted = requirements + b"\0" + "\n".join(packages).encode() + full.encode() + b"\0markers"
+    digest = hashlib.sha256(salted).hexdigest()[:12]
     return f"cp{major_minor.replace('.', '')}-{architecture}-{digest}"
 
 
@@ -447,8 +457,12 @@ def build_wheelhouse(
     platforms: list[str],
     pip_args: list[str],
     cache_dir: Path,
+    build_from_source: list[str] | tuple[str, ...] = (),
 ) -> tuple[str, Path]:
-    """Return (key, folder) of the app's wheelhouse, downloading it unless it is complete."""
+    """Return (key, folder) of the app's wheelhouse, downloading it unless it is complete.
+    build_from_source: the projects (the app's setting of that name) that may be built here
+    from a source distribution when the index has no wheel of them: their build runs on
+    this machine, so only those the app names."""
     reqs, cons = project.requirements, project.constraints
     if cons:
         reqs += f"-c {CONSTRAINTS}\n"
@@ -490,17 +504,24 @@ def build_wheelhouse(
                     f"{architecture}:\n{reason}"
                 )
                 # pip says no more than the first requirement it has no wheel of: one at a time.
-                missing = _NO_DISTRIBUTION.search(result.stderr)
-                if not missing or missing[1] in built or len(built) >= MAX_BUILT_FROM_SOURCE:
+                found = _NO_DISTRIBUTION.search(result.stderr)
+                missing = found[1].split(";")[0].strip() if found else ""
+                if not missing or missing in built or len(built) >= MAX_BUILT_FROM_SOURCE:
                     raise failed
-                if hashed(reqs):
+                if package_name(missing) not in {package_name(p) for p in build_from_source}:
                     raise WheelhouseError(
-                        f"{failed}\n{missing[1]} may have only a source distribution: with --hash pins "
+                        f"{failed}\nIf {missing} has a source distribution only and is pure Python, "
+                        "flaskstack can build its wheel on this machine (its build code runs here): add "
+                        f"{package_name(missing)} to the app's build_from_source."
+                    )
+                if hashed(reqs) and REQUIREMENTS in run:
+                    raise WheelhouseError(
+                        f"{failed}\n{missing} may have only a source distribution: with --hash pins "
                         "its wheel cannot be built here (the wheel's hash is not the pinned file's); pin a "
                         "version that has a wheel"
                     )
-                build_source_wheel(name, missing[1], python, architecture, pip_args, partial, failed)
-                built.append(missing[1])
+                build_source_wheel(name, missing, python, architecture, pip_args, partial, failed)
+                built.append(missing)
         if built:
             (partial / BUILT_FROM_SOURCE).write_text("".join(f"{r}\n" for r in built))
         (partial / "packages.txt").rename(partial / SERVER_REQUIREMENTS)

@@ -172,13 +172,15 @@ def test_a_wheelhouse_follows_the_targets_environment_markers(tmp_path):
 
 
 def test_a_requirement_with_a_source_distribution_only_is_built_here(tmp_path):
-    """langdetect 1.0.9 (microblog's) has no wheel on PyPI: built here it is pure Python, a
-    wheel for any target, and its own requirements (six) come from the index as usual. With
-    --hash pins it cannot be (the built wheel's hash is not the pinned file's): said so."""
+    """langdetect 1.0.9 (microblog's) has no wheel on PyPI. Its build code would run here, so
+    only when the app names it in build_from_source (else the message says to); then it is a
+    pure-Python wheel for any target, and its own requirements (six) come from the index as
+    usual. With --hash pins it cannot be (the built wheel's hash is not the pinned file's)."""
     (tmp_path / "requirements.txt").write_text("langdetect==1.0.9\n")
-    _, folder = build_wheelhouse(
-        "app", read_project(tmp_path), [], "3.11.2", "x86_64", [], [], tmp_path / "c"
-    )
+    args = ("app", read_project(tmp_path), [], "3.11.2", "x86_64", [], [], tmp_path / "c")
+    with pytest.raises(WheelhouseError, match=r"add langdetect to the app's build_from_source"):
+        build_wheelhouse(*args)
+    _, folder = build_wheelhouse(*args, ["LangDetect"])
     assert wheels_of(folder) == ["langdetect", "six"]
     assert (folder / BUILT_FROM_SOURCE).read_text() == "langdetect==1.0.9\n"
     assert wheelhouse_notes(folder) == [
@@ -187,7 +189,8 @@ def test_a_requirement_with_a_source_distribution_only_is_built_here(tmp_path):
     (tmp_path / "requirements.txt").write_text(
         "langdetect==1.0.9 --hash=sha256:cbc1fef89f8d062739774bd51eda3da3274006b3661d199c2655f6b3f6d605a0\n"
     )
+    hashed = ("app", read_project(tmp_path), [], "3.11.2", "x86_64", [], [], tmp_path / "c", ["langdetect"])
     with pytest.raises(
         WheelhouseError, match=r"langdetect==1\.0\.9 may have only a source distribution: with --hash"
     ):
-        build_wheelhouse("app", read_project(tmp_path), [], "3.11.2", "x86_64", [], [], tmp_path / "c")
+        build_wheelhouse(*hashed)

@@ -43,6 +43,7 @@ class LookupModule(LookupBase):
                     [str(p) for p in kwargs.get("platforms") or []],
                     [str(a) for a in kwargs.get("pip_args") or []],
                     Path(kwargs["cache_dir"]),
+                    [str(p) for p in app.get("build_from_source") or []],
                 )
             except packaging.WheelhouseError as exc:
                 raise AnsibleError(str(exc)) from None
