@@ -993,7 +993,7 @@ def cmd_prepare(args) -> int:
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-NO_BACKUP = "no SQLite database in its writable paths and no backup_command"
+NO_BACKUP = "no SQLite database in its writable paths, and no backup_command or one that printed nothing"
 
 
 def backup(app: App, release: str) -> Path | None:
@@ -1045,6 +1045,9 @@ def backup(app: App, release: str) -> Path | None:
             raise ReleaseError(
                 f"{app.name}: backup_command failed: exit {result.returncode}\n    " + "\n    ".join(detail)
             )
+        if not copied and not (folder / "backup_command.out").stat().st_size:  # backup_command: "true"
+            shutil.rmtree(folder)
+            return None
     kept = sorted(p for p in folder.parent.iterdir() if p.is_dir())
     for old in kept[: max(0, len(kept) - int(app.cfg["keep_backups"]))]:
         shutil.rmtree(old, ignore_errors=True)

@@ -280,6 +280,10 @@ CASES = {
         },
         r"flaskstack_apps\[0\]\.workers\[0\]\.name is \"api\": its unit hello-api is the app hello-api's too",
     ),
+    "a backup_command YAML read as a boolean": (
+        {"flaskstack_apps": [app(backup_command=True)]},
+        r"backup_command \(.*\) is true: give a command as a string",
+    ),
     "a worker with no instance": (
         {"flaskstack_apps": [app(workers=[{"name": "worker", "command": "rq worker", "count": 0}])]},
         r"flaskstack_apps\[0\]\.workers\[0\]\.count is 0: run 1 to 64 instances \(hello, worker\)",
@@ -383,6 +387,19 @@ def test_a_database_host_among_other_hosts_needs_addresses(run_site, others, mes
     apps = {"flaskstack_apps": [app(database="postgresql", database_password="secret-value")]}
     groups = {"flaskstack": {}} if "flaskstack_db" in others else {"flaskstack": {}, "flaskstack_db": {}}
     stopped_before_any_change(run_site(apps, groups=groups, others=others), message)
+
+
+def test_a_loopback_address_where_other_hosts_reach_it_is_refused(run_site):
+    """127.0.0.1 set by hand on a database host that another app host must reach: it passed
+    as an IPv4 address, and PostgreSQL then listened on localhost alone."""
+    apps = {"flaskstack_apps": [app(database="postgresql", database_password="secret-value")]}
+    loopback = {"flaskstack_private_address": "127.0.0.1"}
+    result = run_site(
+        apps, groups={"flaskstack": loopback, "flaskstack_db": loopback}, others={"flaskstack": ["another"]}
+    )
+    stopped_before_any_change(
+        result, r"badinput: flaskstack_private_address is 127.0.0.1, a loopback address: the other hosts"
+    )
 
 
 def test_a_scheduler_on_two_app_hosts_needs_its_host_named(run_site):

@@ -307,13 +307,14 @@ def test_a_migration_with_nothing_to_back_up_says_so(host):
     """An app on PostgreSQL with no backup_command (microblog as a new user deploys it): no
     SQLite database to copy, no command. An empty folder was said to be its backup, and named
     as "the data as it was before" when the migration failed."""
-    host.write_settings(migrate_command="echo migrated")
-    result = host.tool("activate", "site", host.release("one"))
-    assert result.returncode == 0, result.stderr
-    migrate = next(line for line in result.stdout.splitlines() if line.startswith("  migrate"))
-    assert "no backup (no SQLite database in its writable paths and no backup_command)" in migrate
-    assert not (host.home / "backups").exists() or not list((host.home / "backups").iterdir())
-    host.write_settings(migrate_command="exit 4")
+    for label, command in (("one", ""), ("one-b", "true")):  # "true": an app's way to say none
+        host.write_settings(migrate_command="echo migrated", backup_command=command)
+        result = host.tool("activate", "site", host.release(label))
+        assert result.returncode == 0, result.stderr
+        migrate = next(line for line in result.stdout.splitlines() if line.startswith("  migrate"))
+        assert "no backup (no SQLite database in its writable paths, and no backup_command or one" in migrate
+        assert not (host.home / "backups").exists() or not list((host.home / "backups").iterdir())
+    host.write_settings(migrate_command="exit 4", backup_command="")
     failed = host.tool("activate", "site", host.release("two"))
     assert failed.returncode == 1
     assert "no backup was made before it (no SQLite database" in failed.stderr

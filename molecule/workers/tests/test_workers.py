@@ -150,7 +150,7 @@ import socket, sys
 s = socket.create_connection((sys.argv[1], 6379), timeout=5)
 commands = " ".join(sys.argv[2:]).split(" -- ") + ["PING"]
 for words in (c.split() for c in commands):
-    parts = b"".join(b"$%d\\r\\n%s\\r\\n" % (len(w), w.encode()) for w in words)
+    parts = b"".join(b"$%d\\r\\n%s\\r\\n" % (len(w.encode()), w.encode()) for w in words)
     s.sendall(b"*%d\\r\\n" % len(words) + parts)
 reply = b""
 while b"PONG" not in reply and b"NOAUTH" not in reply[-300:]:
