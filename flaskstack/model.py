@@ -855,12 +855,13 @@ def resolve(
         # Heroku or Docker) gets its own: flaskstack's pin beside it could never be installed.
         named = app["project"].get("named", [])
         packages = app_packages(app, server_packages, worker_packages)
-        app["server_packages"] = [p for p in packages if packaging.package_name(p) not in named]
-        for p in packages:
-            if (pinned := packaging.package_name(p)) in named:
-                app["project"]["notes"].append(
-                    f"{pinned}: the app's requirements pin it, so theirs is installed, not {p}"
-                )
+        theirs = {p: pinned for p in packages if (pinned := packaging.package_name(p)) in named}
+        app["server_packages"] = [p for p in packages if p not in theirs]
+        if theirs:  # named: the project was read, so it has its notes
+            app["project"]["notes"] += [
+                f"{pinned}: the app's requirements pin it, so theirs is installed, not {p}"
+                for p, pinned in theirs.items()
+            ]
         app.update(paths(app, layout, health_host))
         # An absent app's workers and timers go by their unit files (processes --all).
         app.update(processes(app if _present(app) else {"name": app["name"]}, scheduler_here))

@@ -328,6 +328,22 @@ def build_failure(result: subprocess.CompletedProcess) -> str:
     return "\n".join(errors[-3:] or useful[-6:])
 
 
+def pip_wheel(
+    target: str, out: Path, pip_args: list[str] | tuple[str, ...] = ()
+) -> tuple[subprocess.CompletedProcess, Path | None]:
+    """pip wheel of one target (a folder, or a requirement) without its dependencies, into
+    out: pip's result, and the wheel if it built exactly one and that one is pure Python
+    (py*-none-any: built here, it serves any target), else None."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
+         "--wheel-dir", str(out), *pip_args, target],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    wheels = sorted(out.glob("*.whl"))
+    pure = len(wheels) == 1 and wheels[0].stem.split("-")[-2:] == ["none", "any"]
+    return result, wheels[0] if pure else None
+
+
 def build_project_wheel(src: Path, name: str, exclude: list[str], release: str, cache_dir: Path) -> Path:
     """The project's wheel, built by pip (PEP 517) from a copy of the release's files, so
     nothing is written into src; cached by release id. Only a pure-Python wheel can be
@@ -341,16 +357,11 @@ def build_project_wheel(src: Path, name: str, exclude: list[str], release: str, 
         for rel in source_files(src, exclude):
             (copy / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, copy / rel)
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
-             "--wheel-dir", str(out), str(copy)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        result, wheel = pip_wheel(str(copy), out)
         if result.returncode != 0:
             raise WheelhouseError(f"{name}: pip cannot build a wheel of {src}:\n{build_failure(result)}")
-        wheels = sorted(out.glob("*.whl"))
-        tags = wheels[0].stem.split("-")[-2:] if len(wheels) == 1 else []
-        if tags != ["none", "any"]:
+        if not wheel:
+            wheels = sorted(out.glob("*.whl"))
             raise WheelhouseError(
                 f"{name}: building {src} gave {', '.join(w.name for w in wheels) or 'no wheel'}: flaskstack "
                 "builds a project on the control node for any target, so it must be pure Python "
@@ -358,10 +369,10 @@ def build_project_wheel(src: Path, name: str, exclude: list[str], release: str, 
             )
         folder.mkdir(parents=True, exist_ok=True)
         # Each host's lookup runs in a process of its own: one partial file each.
-        partial = folder / f".{wheels[0].name}.partial-{os.getpid()}"
-        shutil.copy2(wheels[0], partial)
-        partial.replace(folder / wheels[0].name)
-    return folder / wheels[0].name
+        partial = folder / f".{wheel.name}.partial-{os.getpid()}"
+        shutil.copy2(wheel, partial)
+        partial.replace(folder / wheel.name)
+    return folder / wheel.name
 
 
 # pip's words for a requirement it found no wheel of (an sdist-only release among them):
@@ -389,23 +400,19 @@ def build_source_wheel(
     distribution only), built into a wheel here: a pure-Python one serves any target, as the
     project's own wheel does. Anything else is refused with pip's first message (failed)."""
     with tempfile.TemporaryDirectory(prefix="flaskstack-sdist-") as tmp:
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
-             "--wheel-dir", tmp, *pip_args, requirement],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        result, wheel = pip_wheel(requirement, Path(tmp), pip_args)
         wheels = sorted(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or len(wheels) != 1:
             raise WheelhouseError(
                 f"{failed}\nand no wheel of {requirement} could be built here:\n{build_failure(result)}"
             )
-        if wheels[0].stem.split("-")[-2:] != ["none", "any"]:
+        if not wheel:
             raise WheelhouseError(
                 f"{name}: {requirement} has no wheel for CPython {python} on {architecture}, only a source "
                 f"distribution, and built here it is {wheels[0].name}, for this machine: pin a version "
                 "that has a wheel for the target"
             )
-        shutil.copy2(wheels[0], dest / wheels[0].name)
+        shutil.copy2(wheel, dest / wheel.name)
 
 
 def wheelhouse_key(requirements: bytes, packages: list[str], python: str, architecture: str) -> str:
@@ -489,6 +496,7 @@ def build_wheelhouse(
         files = [REQUIREMENTS, "packages.txt"]
         runs = [files[:1], files[1:]] if hashed(reqs) else [files]
         built: list[str] = []
+        allowed = {package_name(p) for p in build_from_source}
         for run in runs:
             while True:
                 files_args = [arg for f in run for arg in ("-r", str(partial / f))]
@@ -508,7 +516,7 @@ def build_wheelhouse(
                 missing = found[1].split(";")[0].strip() if found else ""
                 if not missing or missing in built or len(built) >= MAX_BUILT_FROM_SOURCE:
                     raise failed
-                if package_name(missing) not in {package_name(p) for p in build_from_source}:
+                if package_name(missing) not in allowed:
                     raise WheelhouseError(
                         f"{failed}\nIf {missing} has a source distribution only and is pure Python, "
                         "flaskstack can build its wheel on this machine (its build code runs here): add "

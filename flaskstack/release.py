@@ -1033,9 +1033,6 @@ def backup(app: App, release: str) -> Path | None:
             finally:
                 source.close()
     command = app.cfg["backup_command"]
-    if not command and not copied:
-        folder.rmdir()
-        return None
     if command:
         argv, kwargs = release_command(app, release, ["/bin/sh", "-ec", command])
         with (folder / "backup_command.out").open("wb") as out:
@@ -1045,9 +1042,10 @@ def backup(app: App, release: str) -> Path | None:
             raise ReleaseError(
                 f"{app.name}: backup_command failed: exit {result.returncode}\n    " + "\n    ".join(detail)
             )
-        if not copied and not (folder / "backup_command.out").stat().st_size:  # backup_command: "true"
-            shutil.rmtree(folder)
-            return None
+    # Nothing copied and nothing printed (no command, or backup_command: "true"): no backup.
+    if not copied and not (command and (folder / "backup_command.out").stat().st_size):
+        shutil.rmtree(folder)
+        return None
     kept = sorted(p for p in folder.parent.iterdir() if p.is_dir())
     for old in kept[: max(0, len(kept) - int(app.cfg["keep_backups"]))]:
         shutil.rmtree(old, ignore_errors=True)
