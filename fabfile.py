@@ -687,6 +687,8 @@ def deploy(
                     argv = [TOOL, "activate", a["name"], p["release"].id, "--note", p["note"]]
                     argv += ["--allow-older"] if allow_older else []
                     argv += ["--skip-migrate"] if a["migrate_once"] else []
+                    # Out of every pool (leave, above): a preloaded server's start is its check.
+                    argv += ["--out-of-pool"] if lbs else []
                     say(host.name, f"{a['name']}: activate {p['release'].id}")
                     out = remote(host, argv, a["name"])
                     say(host.name, out)

@@ -510,8 +510,10 @@ def get_health(app: App) -> tuple[int, str]:
         conn.close()
 
 
-def wait_healthy(app: App) -> str:
-    """Wait until the health path answers 2xx through the socket, or raise."""
+def wait_healthy(app: App, first_answer: bool = False) -> str:
+    """Wait until the health path answers 2xx through the socket, or raise. With first_answer,
+    the first HTTP answer decides (the answer gate's rule: one call, 2xx or refused); only
+    no answer yet is waited out."""
     deadline = time.monotonic() + float(app.cfg["health_timeout"])
     last = "no answer"
     while True:
@@ -520,6 +522,11 @@ def wait_healthy(app: App) -> str:
             if 200 <= status < 300:
                 return f"GET {app.cfg['health_path']} -> {status}"
             last = f"GET {app.cfg['health_path']} -> {status} {body.strip()[:200]}"
+            if first_answer:
+                raise ReleaseError(
+                    f"{app.name}: health check through {app.cfg['socket']} failed: {last} "
+                    "(its first answer, which must be 2xx: the server's start was the release's gate)"
+                )
         except (OSError, http.client.HTTPException) as exc:  # an answer http.client rejects too
             last = f"GET {app.cfg['health_path']}: {why(exc)}"
         if time.monotonic() > deadline:
@@ -528,8 +535,27 @@ def wait_healthy(app: App) -> str:
 
 
 def restart(app: App) -> None:
-    argv = app.cfg.get("restart_command") or ["systemctl", "restart", app.cfg["service"]]
-    run(argv, f"{app.name}: restart of {app.cfg['service']} failed")
+    """Restart the app server. A start that fails says why in the server's own words (its
+    last journal lines: a traceback of the app's import, with preload)."""
+    custom = app.cfg.get("restart_command")
+    argv = custom or ["systemctl", "restart", app.cfg["service"]]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        exc = failure(f"{app.name}: restart of {app.cfg['service']} failed", result)
+        log = "" if custom else f"\n  its log:\n    {unit_log(app.cfg['service'], 12)}"
+        raise ReleaseError(f"{exc}{log}")
+
+
+def start_is_gate(app: App, out_of_pool: bool) -> bool:
+    """Whether the app server's own start can stand for the check gate: on a host out of
+    every load balancer's pool (fab deploy and the deploy play take it out before it
+    switches, and put it back only once it answers), with gunicorn preloading the app. That
+    server imports the app, as the app, in its sandbox, before it tells systemd it is ready,
+    so a release that does not build fails the restart; the first answer of the health check
+    after it must be 2xx, as the answer gate's one call. A refused release is switched back
+    before the host has had a request, and the app is imported once per deploy instead of
+    twice. Anywhere else requests reach the server as soon as it starts: the gates run first."""
+    return out_of_pool and app.cfg.get("server") == "gunicorn" and bool(app.cfg.get("preload"))
 
 
 # -- workers and timers (the app's background processes) ----------------------------------
@@ -1208,7 +1234,14 @@ def refuse_older(app: App, release: str, live: str | None) -> None:
 
 
 def activate(
-    app: App, release: str, *, do_migrate: bool, action: str, note: str, allow_older: bool = True
+    app: App,
+    release: str,
+    *,
+    do_migrate: bool,
+    action: str,
+    note: str,
+    allow_older: bool = True,
+    out_of_pool: bool = False,
 ) -> bool:
     """Put a prepared release live, or leave the live one serving and raise.
 
@@ -1231,11 +1264,16 @@ def activate(
         init = "" if (app.shared_dir / INIT_MARKER).exists() else app.cfg.get("init_command") or ""
         found = migrations(app, release) if do_migrate else None
         skipped = migration_skipped(app, found) if do_migrate else "--skip-migrate"
-        # Nothing to run between the gates: one import of the app does both.
+        # Nothing to run between the gates: one import of the app does both, or none at all
+        # where the server's start is the gate (start_is_gate).
         together = not init and bool(skipped)
+        by_start = together and start_is_gate(app, out_of_pool)
         with step("check") as s:
-            built, answered = gates(app, release, answer=together)
-            s.detail = f"{built}; {answered} (check and answer in one import)" if together else built
+            if by_start:
+                s.detail = "by the restart: out of every pool, the preloaded server imports the app first"
+            else:
+                built, answered = gates(app, release, answer=together)
+                s.detail = f"{built}; {answered} (check and answer in one import)" if together else built
         if init:
             with step("init") as s:
                 in_release(app, release, ["/bin/sh", "-ec", init], f"{app.name}: init_command failed")
@@ -1262,7 +1300,7 @@ def activate(
         with step("restart"):
             restart(app)
         with step("health") as s:
-            s.detail = wait_healthy(app)
+            s.detail = wait_healthy(app, first_answer=by_start)
         with step("workers") as s:
             s.detail = restart_workers(app)
     except BaseException as exc:  # noqa: BLE001 - whatever stops it, the release it put live goes
@@ -1354,7 +1392,7 @@ def cmd_activate(args) -> int:
         recover(app)
         changed = activate(
             app, args.release, do_migrate=not args.skip_migrate, action="deploy", note=args.note,
-            allow_older=args.allow_older,
+            allow_older=args.allow_older, out_of_pool=args.out_of_pool,
         )  # fmt: skip
     print(f"{app.name}: {'ACTIVATED' if changed else 'unchanged'} {args.release}")
     return 0
@@ -1732,6 +1770,11 @@ def parser() -> argparse.ArgumentParser:
         "--allow-older", action="store_true", help="put back a release that served before the live one"
     )
     s.add_argument("--note", default="", help="kept in the history (who, which commit)")
+    s.add_argument(
+        "--out-of-pool",
+        action="store_true",
+        help="the host is out of every load balancer's pool: a preloaded gunicorn's start is the check",
+    )
     s.set_defaults(func=cmd_activate)
     s = sub.add_parser("restart", help="restart the live release with its settings now, through the gates")
     s.add_argument("app")

@@ -210,13 +210,16 @@ def test_a_rolling_fab_deploy_under_load_costs_no_request(cluster, tmp_path):
     for name in APP_HOSTS:
         assert f"[lb] {name}: out of the pool of hello" in out and f"[lb] {name}: in the pool of hello" in out
     assert out.count("drained in") == 3
+    # Out of the pool, the preloaded server's start was each host's check (one import).
+    assert out.count("by the restart: out of every pool") == 3, out
     assert all(s["in_pool"] for s in pool_status().values())
     assert load.sent > 50 and load.failures == [], load.failures
 
 
 def test_a_batch_that_fails_stops_the_rollout_and_goes_back(cluster, tmp_path):
-    """A release app2 refuses: app1 (batch 1) keeps it, app2 goes back (it never switched:
-    its own gates stopped it), app3 is never touched; every host is in the pool again.
+    """A release app2 refuses: app1 (batch 1) keeps it, app2 goes back (out of the pool, its
+    preloaded server's start is the check, and its first answer, 503, sends it back before
+    it is in the pool again), app3 is never touched; every host is in the pool again.
     With --rollback-all, app1 goes back too."""
     before = serving()
     src = variant(tmp_path, f"no-app2-{RUN}", breaks_on_host("app2"))
@@ -230,6 +233,7 @@ def test_a_batch_that_fails_stops_the_rollout_and_goes_back(cluster, tmp_path):
         and "the rollout stopped, that batch was sent back" in result.output
     )
     assert "app1 keep the new release" in result.output
+    assert "its first answer, which must be 2xx" in result.stdout
     assert serving() == {"app1": new, "app2": before["app2"], "app3": before["app3"]}
     assert "== batch 3/3" not in result.stdout
     assert f"  app1: hello {new}" in result.stdout and f"  app3: hello {before['app3']}" in result.stdout
@@ -286,6 +290,8 @@ def test_a_failed_ansible_batch_stops_the_rollout_and_says_what_each_host_serves
     assert now["app2"] == before["app2"] and now["app3"] == before["app3"] and now["app1"] != before["app1"]
     said = " ".join(result.output.split())
     assert "Deploy stopped: app2 failed (see above); its batch was sent back, earlier batches (app1)" in said
+    # The deploy play took app2 out of the pool: its first answer after the restart decided.
+    assert "its first answer, which must be 2xx" in said
     assert f"app1: hello {now['app1']}" in result.output and f"app3: hello {before['app3']}" in result.output
     assert all(s["in_pool"] for s in pool_status().values())
     # Another such release with app_rollback_all: app1 switches to it, then goes back.
@@ -363,14 +369,17 @@ def test_a_batch_of_every_app_host_switches_them_in_one_phase(cluster, tmp_path)
 
 
 def test_a_release_every_host_of_a_batch_refuses_leaves_each_serving_what_it_did(cluster, tmp_path):
-    """--batch 3 with a release that does not import: each host's gates refuse it before its
-    switch, so every host serves what it did, and every one is in the pool."""
+    """--batch 3 with a release that does not import: each host, out of the pool, fails the
+    preloaded server's start (its import) and switches back, so every host serves what it
+    did, and every one is in the pool."""
     before = serving()
     src = variant(tmp_path, f"broken-all-{RUN}", breaks_import)
     result = fab("deploy", "-i", INVENTORY, "--app", "hello", "--src", str(src), "--batch", "3")
     assert result.returncode == 1, result.output
     for name in APP_HOSTS:
         assert f"[{name}] FAILED" in result.stdout, result.stdout
+        said = [line for line in result.stdout.splitlines() if line.startswith(f"[{name}] ")]
+        assert any("restart of hello.service failed" in line for line in said), result.stdout
     assert "ACTIVATED" not in result.stdout, result.stdout
     assert serving() == before
     assert all(s["in_pool"] for s in pool_status().values())

@@ -27,6 +27,7 @@ import pytest
 
 from flaskstack import model
 from flaskstack.packaging import build_release
+from flaskstack.release import VENV
 
 ROOT = Path(__file__).resolve().parent.parent
 # The tool as the host's wrapper runs it (templates/usr/local/sbin/flaskstack-release.j2),
@@ -980,3 +981,66 @@ def test_a_backup_goes_on_while_the_app_writes_beside_its_database(host):
     finally:
         stop.set()
         writer.join()
+
+
+def preloaded_server(host) -> list[str]:
+    """A restart command that does what a preloaded gunicorn's start does first: import the
+    live release's app in its venv (a release that does not import fails the restart)."""
+    current = host.home / "current"
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import siteapp"
+    return [str(current / VENV / "bin/python"), "-c", code, str(current)]
+
+
+def test_out_of_the_pool_a_preloaded_servers_start_is_the_check(host):
+    """--out-of-pool (fab deploy and the deploy play behind load balancers) with gunicorn
+    preloading the app: no separate import before the switch; a release that does not
+    import fails the restart and is switched back, one whose first answer is not 2xx is
+    switched back at once (not after health_timeout)."""
+    good = host.release("good")
+    assert host.tool("activate", "site", good).returncode == 0
+    # (The gates of a gunicorn app import gunicorn, which this test's wheelhouse lacks: the
+    # first release went live as the fixture's uwsgi app.)
+    host.write_settings(
+        server="gunicorn", preload=True, health_timeout=30, restart_command=preloaded_server(host)
+    )
+
+    new = host.release("new")
+    result = host.tool("activate", "site", new, "--out-of-pool")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "by the restart: out of every pool" in result.stdout
+    assert "one import" not in result.stdout
+    assert host.live() == new
+
+    bad = host.release("bad", broken=True)
+    result = host.tool("activate", "site", bad, "--out-of-pool")
+    assert result.returncode == 1
+    assert "restart of site.service failed" in result.stderr and "SyntaxError" in result.stderr
+    assert f"switched back to {new}, which answers; discarded {bad}" in result.stderr
+    assert host.live() == new
+
+    sick = host.release("sick-when-live", live="503")
+    started = time.monotonic()
+    result = host.tool("activate", "site", sick, "--out-of-pool")
+    assert result.returncode == 1
+    assert "-> 503" in result.stderr and "its first answer, which must be 2xx" in result.stderr
+    assert time.monotonic() - started < 20, "waited for health_timeout (30 s) instead"
+    assert f"switched back to {new}, which answers; discarded {sick}" in result.stderr
+    assert host.live() == new
+
+
+@pytest.mark.parametrize(
+    "settings", [{"server": "gunicorn", "preload": False}, {"server": "uwsgi", "preload": True}]
+)
+def test_out_of_the_pool_the_gates_still_run_unless_gunicorn_preloads(host, settings):
+    good = host.release("good")
+    assert host.tool("activate", "site", good).returncode == 0
+    host.write_settings(**settings)
+    new = host.release("new")
+    result = host.tool("activate", "site", new, "--out-of-pool")
+    assert "by the restart" not in result.stdout
+    if settings["server"] == "uwsgi":
+        assert result.returncode == 0 and "(check and answer in one import)" in result.stdout
+    else:  # the gate ran: it imports gunicorn's loader, which this test's wheelhouse lacks
+        assert result.returncode == 1 and "  check    FAILED" in result.stdout
+        assert f"release {new} does not build its app" in result.stderr
+        assert f"nothing switched: {good} still live" in result.stderr
