@@ -677,18 +677,23 @@ def deploy(
                 )
                 calls.setdefault((names, host.drain_timeout), []).append(host)
 
-            def leave(lb: Host, calls: dict[tuple, list[Host]] = calls) -> None:
-                for (names, _), leaving in calls.items():
-                    pool([lb], "out", leaving, list(names), who)
+            # (host, app) each load balancer says it took out of the app's pool: flaskstack-pool
+            # keeps a host that is the last one there (a batch of every host, one app host).
+            out_on: dict[str, set[tuple[str, str]]] = {lb.name: set() for lb in lbs}
+            out_everywhere: set[tuple[str, str]] = set()
 
-            def switch(host: Host) -> None:
+            def leave(lb: Host, calls: dict[tuple, list[Host]] = calls, out_on=out_on) -> None:
+                for (names, _), leaving in calls.items():
+                    out_on[lb.name] |= pool([lb], "out", leaving, list(names), who)
+
+            def switch(host: Host, out_everywhere=out_everywhere) -> None:
                 for a in selected(host, app):
                     p = plan[host.name, a["name"]]
                     argv = [TOOL, "activate", a["name"], p["release"].id, "--note", p["note"]]
                     argv += ["--allow-older"] if allow_older else []
                     argv += ["--skip-migrate"] if a["migrate_once"] else []
                     # Out of every pool (leave, above): a preloaded server's start is its check.
-                    argv += ["--out-of-pool"] if lbs else []
+                    argv += ["--out-of-pool"] if lbs and (host.name, a["name"]) in out_everywhere else []
                     say(host.name, f"{a['name']}: activate {p['release'].id}")
                     out = remote(host, argv, a["name"])
                     say(host.name, out)
@@ -698,6 +703,7 @@ def deploy(
                 pool(lbs, "in", [host], [a["name"] for a in selected(host, app)], who)
 
             errors = on_every_host(lbs, leave, "out of the pools") if lbs else []
+            out_everywhere.update(set.intersection(*out_on.values()) if out_on else set())
             errors = errors or on_every_host(group, switch, title)
             if not errors:
                 done += group
@@ -731,19 +737,28 @@ def deploy(
         print(f"fab deploy: done in {time.monotonic() - started:.2f}s", flush=True)
 
 
-def pool(lbs: list[Host], command: str, hosts: list[Host], apps: list[str], who: str) -> None:
+def pool(lbs: list[Host], command: str, hosts: list[Host], apps: list[str], who: str) -> set[tuple[str, str]]:
     """flaskstack-pool on every load balancer: take the hosts out of each app's pool (and let
     their requests finish; they share a drain timeout), or put them back in once each answers
-    there (`in --check`)."""
+    there (`in --check`). For "out", the (host, app) that every one of them took out."""
     if not lbs or not apps or not hosts:
-        return
+        return set()
     argv = [POOL_TOOL, command, *[host.name for host in hosts], *[f"--app={name}" for name in apps]]
     argv += [f"--why={who}"] if command == "out" else ["--check"]
     timeout = hosts[0].drain_timeout
     argv += [f"--timeout={timeout}"] if command == "out" and timeout is not None else []
     names = ", ".join(host.name for host in hosts)
+    out = {(host.name, app) for host in hosts for app in apps}
     for lb in lbs:
-        say(lb.name, remote(lb, argv, f"{command} of the pool: {names}"))
+        said = remote(lb, argv, f"{command} of the pool: {names}")
+        say(lb.name, said)
+        out &= {
+            (h.name, app)
+            for h in hosts
+            for app in apps
+            if f"{h.name}: out of the pool of {app}" in said.splitlines()
+        }
+    return out if command == "out" else set()
 
 
 def go_back(host: Host, lbs: list[Host], switched: list[str], apps: list[str], who: str) -> None:

@@ -15,7 +15,7 @@ the tool elsewhere.
     flaskstack-release prepare  APP ID --archive FILE --wheelhouse KEY [--wheelhouse-archive FILE]
     flaskstack-release migrate  APP ID [--force]
     flaskstack-release run      APP -- COMMAND [ARGS...]
-    flaskstack-release activate APP ID [--skip-migrate] [--note TEXT]
+    flaskstack-release activate APP ID [--skip-migrate] [--allow-older] [--out-of-pool] [--note TEXT]
     flaskstack-release rollback APP [ID]
     flaskstack-release releases APP [--json]
     flaskstack-release status   APP [--json]
@@ -36,7 +36,10 @@ activate runs, in order, and stops at the first failure:
   switch   `current` -> the release, atomically (rename of a new symlink)
   restart  the app service (systemd holds the socket: no connection is refused)
   health   the health path answers 2xx through the app's socket
-A failure before the switch leaves everything as it was and discards the new
+With --out-of-pool (the host is out of every load balancer's pool) and gunicorn preloading
+the app, check and answer are left to restart and health when nothing runs between them:
+the server imports the app before it is ready, and the first answer must be 2xx
+(start_is_gate). A failure before the switch leaves everything as it was and discards the new
 release; a failure after it switches back, restarts and checks the previous
 release, then discards the new one. Either way the command exits 1 with the reason.
 
@@ -542,7 +545,7 @@ def restart(app: App) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         exc = failure(f"{app.name}: restart of {app.cfg['service']} failed", result)
-        log = "" if custom else f"\n  its log:\n    {unit_log(app.cfg['service'], 12)}"
+        log = "" if custom else f"\n  its log:\n    {unit_log(app.cfg['service'], 20)}"
         raise ReleaseError(f"{exc}{log}")
 
 
@@ -1336,11 +1339,20 @@ def switch_back(app: App, release: str, live: str | None) -> str:
             s.detail = "current removed, " + (
                 " and ".join(units) + " stopped" if stopped else "the service did not stop"
             )
-        app.record(release, None, FAILED, f"{release} failed its health check; it was the first release")
+        app.record(
+            release,
+            None,
+            FAILED,
+            f"{release} failed after the switch (restart, health or workers); it was the first release",
+        )
         return f"no previous release: nothing serves {app.name} now; {discard(app, release)}"
     with step("rollback") as s:
         back = restore_settings(app)
         switch(app, live)
+        if not app.cfg.get("restart_command"):
+            # A start that failed counts toward systemd's start limit, as does the automatic
+            # restart it may have queued: the one that matters now must not be refused for it.
+            systemctl("reset-failed", app.cfg["service"])
         restart(app)
         s.detail = f"current -> releases/{live}; {wait_healthy(app)}"
     workers = ""
@@ -1349,7 +1361,12 @@ def switch_back(app: App, release: str, live: str | None) -> str:
             s.detail = restart_workers(app)
     except ReleaseError as exc:  # the web answers on the release it had: say so, and record it
         workers = f"; ITS WORKERS DO NOT STAY UP EITHER: {exc}"
-    app.record(live, release, "auto-rollback", f"{release} failed its health check{workers[:200]}")
+    app.record(
+        live,
+        release,
+        "auto-rollback",
+        f"{release} failed after the switch (restart, health or workers){workers[:200]}",
+    )
     return (
         f"switched back to {live}, which answers; {discard(app, release)}"
         + (f"; {back}" if back else "")

@@ -537,6 +537,15 @@ def test_the_first_check_reads_every_roles_argument_spec():
     assert sorted(listed) == sorted(
         p.parent.parent.name for p in (ROOT / "roles").glob("*/meta/argument_specs.yml")
     )
+    # They are checked in one call, their options merged: no variable may be in two of them.
+    declared = [
+        name
+        for role in listed
+        for name in yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())[
+            "argument_specs"
+        ]["main"]["options"]
+    ]
+    assert sorted(name for name in set(declared) if declared.count(name) > 1) == []
 
 
 def test_no_template_drops_a_failure_in_a_set_statement():

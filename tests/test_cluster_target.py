@@ -361,6 +361,15 @@ def test_a_batch_of_every_app_host_switches_them_in_one_phase(cluster, tmp_path)
         assert f"[{name}] hello: ACTIVATED {new}" in result.stdout
     assert "kept in the pool of hello: it is the last host there" in result.stdout
     assert result.stdout.count("drained in") == 1 and result.stdout.count("== out of the pools") == 1
+    # The host kept in the pool gets requests while it switches: its release went through the
+    # check gate; the two out of it let their preloaded server's start be the check.
+    kept = re.search(r"\[lb\] (app\d): kept in the pool of hello", result.stdout).group(1)
+    for name in APP_HOSTS:
+        gated = f"[{name}]   check    ok" in result.stdout and "(check and answer in one import)" in next(
+            line for line in result.stdout.splitlines() if line.startswith(f"[{name}]   check ")
+        )
+        assert gated == (name == kept), result.stdout
+    assert result.stdout.count("by the restart: out of every pool") == 2, result.stdout
     assert serving() == dict.fromkeys(APP_HOSTS, new)
     assert all(s["in_pool"] for s in pool_status().values())
     back = fab("rollback", "-i", INVENTORY)
@@ -369,18 +378,19 @@ def test_a_batch_of_every_app_host_switches_them_in_one_phase(cluster, tmp_path)
 
 
 def test_a_release_every_host_of_a_batch_refuses_leaves_each_serving_what_it_did(cluster, tmp_path):
-    """--batch 3 with a release that does not import: each host, out of the pool, fails the
-    preloaded server's start (its import) and switches back, so every host serves what it
-    did, and every one is in the pool."""
+    """--batch 3 with a release that does not import: the host kept in the pool (the last
+    one there) refuses it at its check gate, the two out of it fail the preloaded server's
+    start (its import) and switch back, so every host serves what it did, and every one is
+    in the pool."""
     before = serving()
     src = variant(tmp_path, f"broken-all-{RUN}", breaks_import)
     result = fab("deploy", "-i", INVENTORY, "--app", "hello", "--src", str(src), "--batch", "3")
     assert result.returncode == 1, result.output
     for name in APP_HOSTS:
         assert f"[{name}] FAILED" in result.stdout, result.stdout
-        said = [line for line in result.stdout.splitlines() if line.startswith(f"[{name}] ")]
-        assert any("restart of hello.service failed" in line for line in said), result.stdout
     assert "ACTIVATED" not in result.stdout, result.stdout
+    assert result.stdout.count("restart of hello.service failed") == 2, result.stdout
+    assert result.stdout.count("does not build its app") == 1, result.stdout
     assert serving() == before
     assert all(s["in_pool"] for s in pool_status().values())
 

@@ -1,18 +1,21 @@
 """flaskstack_skip_unchanged's two halves, without a target: the control node's digest of a
 run's inputs (flaskstack/unchanged.py) and the host's state and record (the flaskstack_state
-module, run through Ansible on this machine as a task runs it). The demo target's tests run
-it for real: a skipped run, and drift that makes the next run run every task."""
+script, run on this machine as the `raw` tasks run it: python3 -c <script> <JSON>). The demo
+target's tests run it for real: a skipped run, and drift that makes the next run run every task."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import shutil
+import subprocess
+
+import yaml
 
 from flaskstack import unchanged
-from tests.targets import ROOT, module_here
+from tests.targets import ROOT
 
-MODULE = ROOT / "roles/flaskstack/library/flaskstack_state.py"
+MODULE = ROOT / "roles/flaskstack/files/flaskstack_state.py"
 spec = importlib.util.spec_from_file_location("flaskstack_state", MODULE)
 state_module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(state_module)
@@ -88,8 +91,32 @@ def test_the_digest_changes_with_what_a_run_is_given_and_only_with_that(tmp_path
     assert digest(tmp_path) != changed_app
 
 
-def run_module(args: dict, *flags: str) -> dict:
-    return module_here("flaskstack", "flaskstack_state", args, *flags)
+def run_module(args: dict) -> dict:
+    """The script as unchanged.yml and record.yml run it on a host; the JSON line it prints."""
+    result = subprocess.run(
+        ["python3", "-c", MODULE.read_text(), json.dumps(args)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, result.stdout
+    return json.loads(lines[0])
+
+
+def test_the_script_runs_only_outside_check_mode():
+    """--check changes nothing on a host, the record included: every task that sends the
+    script is skipped in check mode (raw has no check mode of its own)."""
+    tasks = ROOT / "roles/flaskstack/tasks"
+    for name in ("unchanged.yml", "record.yml"):
+        found = [
+            task
+            for task in yaml.safe_load((tasks / name).read_text())
+            if "ansible.builtin.raw" in task and "__flaskstack_state_script" in task["ansible.builtin.raw"]
+        ]
+        assert found, name
+        for task in found:
+            when = task["when"] if isinstance(task["when"], list) else [task["when"]]
+            assert any(str(w).startswith("not ansible_check_mode") for w in when), (name, task["name"])
 
 
 def test_the_host_is_compared_with_the_record_of_the_last_complete_run(tmp_path):
@@ -122,10 +149,8 @@ def test_the_host_is_compared_with_the_record_of_the_last_complete_run(tmp_path)
 
     first = run_module(args)
     assert first["unchanged"] is False and first["reason"] == "no record of a complete run on this host"
-    assert run_module({**args, "write": True}, "--check")["changed"] is False
-    assert not record.parent.exists(), "check mode wrote the record or made its folder"
     written = run_module({**args, "write": True})
-    assert written["changed"] is False and record.exists()
+    assert written["reason"] == "recorded" and record.exists()
     assert oct(record.stat().st_mode & 0o777) == "0o600"
     stored = json.loads(record.read_text())
     assert str(site) in stored["state"] and str(etc / "resolv.conf") not in stored["state"]
@@ -145,12 +170,9 @@ def test_the_host_is_compared_with_the_record_of_the_last_complete_run(tmp_path)
 
     # A host that gets every task loses its record before the run changes anything: a run
     # that stops half-way (killed, failed) leaves none, and the next one runs every task
-    # whatever the host looks like. Not in check mode (it changes nothing).
-    assert run_module({**args, "inputs": "abd"}, "--check")["unchanged"] is False
-    assert record.exists(), "check mode removed the record"
-    off = run_module({**args, "compare": False}, "--check")
-    assert off["reason"] == "flaskstack_skip_unchanged is off" and record.exists()
-    assert run_module({**args, "compare": False})["unchanged"] is False
+    # whatever the host looks like.
+    off = run_module({**args, "compare": False})
+    assert off["unchanged"] is False and off["reason"] == "flaskstack_skip_unchanged is off"
     assert not record.exists(), "a run of every task (skip_unchanged off) kept the record"
     assert run_module(args)["reason"] == "no record of a complete run on this host"
 
@@ -188,13 +210,13 @@ def test_the_host_is_compared_with_the_record_of_the_last_complete_run(tmp_path)
 
 
 def test_a_record_that_cannot_be_removed_stops_the_run(tmp_path):
-    """Every task is to run, so the record must go first; where it cannot, the module fails
-    saying so (the task fails on record_kept) instead of letting a half-run pass for whole."""
+    """Every task is to run, so the record must go first; where it cannot, the script says so
+    (the task fails on record_kept) instead of letting a half-run pass for whole."""
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the record's folder should be\n")
     result = run_module({"inputs": "abc", "record": str(blocked / "last-run.json"), "compare": False})
-    assert result.get("failed") and result.get("record_kept") is True, result
-    assert "could not be removed first" in result["msg"], result["msg"]
+    assert result.get("record_kept") is True and result["unchanged"] is False, result
+    assert "could not be removed first" in result["reason"], result["reason"]
 
 
 def test_a_record_too_old_or_of_another_version_is_not_trusted():
