@@ -1,7 +1,7 @@
 """What a run of site.yml is given, as one digest (flaskstack_skip_unchanged).
 
-A host is skipped when this digest and the host's own state (the flaskstack_state module,
-roles/flaskstack/library) are both as at the end of the last complete run. The digest covers
+A host is skipped when this digest and the host's own state (the flaskstack_state script,
+roles/flaskstack/files) are both as at the end of the last complete run. The digest covers
 everything a run reads on the control node: the project's code (roles, playbooks, templates,
 this package), the inventory's folder (group_vars, host_vars, its templates/), each app's
 source (as its release id does), and every variable the host has in this run, templated (so
@@ -44,7 +44,7 @@ MAGIC = frozenset(
 )
 
 
-# What of a host the record holds besides each app's folders (the flaskstack_state module walks
+# What of a host the record holds besides each app's folders (the flaskstack_state script walks
 # them): all of /etc (every settings file the roles write, the packages' own, users, units and
 # their enablement) but for the files the system rewrites by itself (the loader's cache follows
 # the packages), the packages installed, the tools in /usr/local and flaskstack's own state.
