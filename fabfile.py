@@ -748,17 +748,13 @@ def pool(lbs: list[Host], command: str, hosts: list[Host], apps: list[str], who:
     timeout = hosts[0].drain_timeout
     argv += [f"--timeout={timeout}"] if command == "out" and timeout is not None else []
     names = ", ".join(host.name for host in hosts)
-    out = {(host.name, app) for host in hosts for app in apps}
+    out = {(host.name, app) for host in hosts for app in apps} if command == "out" else set()
     for lb in lbs:
         said = remote(lb, argv, f"{command} of the pool: {names}")
         say(lb.name, said)
-        out &= {
-            (h.name, app)
-            for h in hosts
-            for app in apps
-            if f"{h.name}: out of the pool of {app}" in said.splitlines()
-        }
-    return out if command == "out" else set()
+        lines = set(said.splitlines())
+        out = {(name, app) for name, app in out if f"{name}: out of the pool of {app}" in lines}
+    return out
 
 
 def go_back(host: Host, lbs: list[Host], switched: list[str], apps: list[str], who: str) -> None:

@@ -541,12 +541,15 @@ def restart(app: App) -> None:
     """Restart the app server. A start that fails says why in the server's own words (its
     last journal lines: a traceback of the app's import, with preload)."""
     custom = app.cfg.get("restart_command")
-    argv = custom or ["systemctl", "restart", app.cfg["service"]]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        exc = failure(f"{app.name}: restart of {app.cfg['service']} failed", result)
-        log = "" if custom else f"\n  its log:\n    {unit_log(app.cfg['service'], 20)}"
-        raise ReleaseError(f"{exc}{log}")
+    try:
+        run(
+            custom or ["systemctl", "restart", app.cfg["service"]],
+            f"{app.name}: restart of {app.cfg['service']} failed",
+        )
+    except ReleaseError as exc:
+        if custom:
+            raise
+        raise ReleaseError(f"{exc}\n  its log:\n    {unit_log(app.cfg['service'], 20)}") from None
 
 
 def start_is_gate(app: App, out_of_pool: bool) -> bool:

@@ -111,7 +111,7 @@ def test_the_script_runs_only_outside_check_mode():
         found = [
             task
             for task in yaml.safe_load((tasks / name).read_text())
-            if "ansible.builtin.raw" in task and "__flaskstack_state_script" in task["ansible.builtin.raw"]
+            if "ansible.builtin.raw" in task and "__flaskstack_state_command" in task["ansible.builtin.raw"]
         ]
         assert found, name
         for task in found:
