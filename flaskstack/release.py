@@ -614,9 +614,23 @@ def cpu_seconds(pid: str) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def begin_stopping_workers(app: App) -> None:
+    """Ask systemd to stop the app's workers, without waiting (their graceful stop lets
+    running jobs finish: a Celery worker's takes 1.5-2.5 s with nothing running). Called as
+    the web server restarts, so that stop overlaps the restart and the health check;
+    restart_workers, after the health check, waits for it and then starts them. Only where
+    whatever follows starts them again, on one release or the other: an activation after
+    its switch (switch_back, recover). A restart with new settings keeps them running
+    until its health check passed (settings_back may have none to put back)."""
+    units = list(app.cfg.get("worker_units") or [])
+    if units:
+        systemctl("stop", "--no-block", "--", *units)
+
+
 def restart_workers(app: App) -> str:
-    """Restart the app's workers on this host (after its web server passed its health check,
-    never before): systemd stops each with its graceful signal and waits for its running
+    """Restart the app's workers on this host (started after its web server passed its
+    health check, never before; begin_stopping_workers may have asked them to stop
+    already): systemd stops each with its graceful signal and waits for its running
     jobs (up to its stop_timeout), then starts it from the live release. Each must then
     settle (see IDLE_CPU) without being restarted by systemd; one that exits or restarts
     first fails the step, with its last log lines. The app's timers are (re)started too."""
@@ -1303,6 +1317,7 @@ def activate(
         with step("switch") as s:
             switch(app, release)
             s.detail = f"current -> releases/{release} (was {live or 'none'})"
+        begin_stopping_workers(app)
         with step("restart"):
             restart(app)
         with step("health") as s:

@@ -332,6 +332,10 @@ def test_the_client_killed_after_the_switch_leaves_a_checked_release(demo, tmp_p
             time.sleep(1)
         assert last_actions(1) == ["auto-rollback"]
         assert live_release() == live and page() == before
+        # Its workers, asked to stop as the web server restarted, run jobs again, on the
+        # release that came back.
+        done = job_done(job([5, 6]), 30)
+        assert done["state"] == "SUCCESS" and done["result"]["release"] == live, done
         status = fab("status")
         assert "locked for a deploy by fab deploy by" in status.output, status.output
         refused = fab("deploy")
