@@ -67,6 +67,24 @@ def test_a_run_with_nothing_to_do_skips_the_host(demo_runs):
     assert "Gathering Facts" not in result.output and "facts | Read the host's facts" not in result.output
 
 
+def test_input_the_app_model_refuses_is_refused_before_the_host_is_asked(demo_runs):
+    """The checks come after the skip (a host given what its last complete run was given
+    passed them then), but input the app model refuses is never compared with a record: it
+    is refused naming the variable, the host is not asked (its record stays), and the next
+    run with the inventory as it is still finds nothing to do."""
+    app = {"name": "Bad Name", "src": "../../app", "entry_point": "hello:create_app()", "server_names": ["a"]}
+    refused = run(
+        str(BIN / "ansible-playbook"), "site.yml", "-i", "inventory/local",
+        "-e", json.dumps({"flaskstack_apps": [app]}),
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert 'flaskstack_apps[0].name is "Bad Name"' in " ".join(refused.output.split()), refused.output[-3000:]
+    # Had the host been asked, its record would be gone (a host that differs loses it).
+    again = run(str(BIN / "ansible-playbook"), "site.yml", "-i", "inventory/local")
+    assert again.returncode == 0, again.output[-3000:]
+    assert "Nothing to do: this host is as the last complete run left it" in " ".join(again.output.split())
+
+
 # Where a run writes that the record leaves out, each for a reason: logs, caches and the
 # package manager's bookkeeping (its status file is recorded); the services' own data; the
 # users' homes (Ansible's temporary files; the demo's deploy user is local_target.yml's); the

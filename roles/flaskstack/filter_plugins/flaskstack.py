@@ -64,14 +64,21 @@ def root_login(setting, user):
 
 
 def inputs(hostvars, host, groups, inventory_dir, apps, defaults):
-    """One digest of what this run is given for host (flaskstack/unchanged.py)."""
-    ours = sorted(
-        {name for group, hosts in groups.items() if group.startswith("flaskstack") for name in hosts}
-    )
-    addresses = {name: str(hostvars[name].get("flaskstack_private_address", "")) for name in ours}
-    return unchanged.inputs_digest(
-        hostvars[host], groups, addresses, inventory_dir, list(apps), dict(defaults)
-    )
+    """One digest of what this run is given for host (flaskstack/unchanged.py), or "" for
+    apps the app model refuses or input it cannot read: made before the inventory's checks
+    (tasks/main.yml), it must leave saying what is wrong to them."""
+    try:
+        if model.app_errors(list(apps), dict(defaults), base_dir=inventory_dir):
+            return ""
+        ours = sorted(
+            {name for group, hosts in groups.items() if group.startswith("flaskstack") for name in hosts}
+        )
+        addresses = {name: str(hostvars[name].get("flaskstack_private_address", "")) for name in ours}
+        return unchanged.inputs_digest(
+            hostvars[host], groups, addresses, inventory_dir, list(apps), dict(defaults)
+        )
+    except Exception:  # noqa: BLE001 - any input at all: the checks after it name the problem
+        return ""
 
 
 def state_paths(apps, defaults, root, config_dir, run_dir):
