@@ -618,13 +618,26 @@ def begin_stopping_workers(app: App) -> None:
     """Ask systemd to stop the app's workers, without waiting (their graceful stop lets
     running jobs finish: a Celery worker's takes 1.5-2.5 s with nothing running). Called as
     the web server restarts, so that stop overlaps the restart and the health check;
-    restart_workers, after the health check, waits for it and then starts them. Only where
-    whatever follows starts them again, on one release or the other: an activation after
-    its switch (switch_back, recover). A restart with new settings keeps them running
-    until its health check passed (settings_back may have none to put back)."""
+    restart_workers, after the health check, waits for it and then starts them. The
+    workers are down from the switch until then (jobs wait in the queue), where they were
+    down for their stop and start only. Only where whatever follows starts them again, on
+    one release or the other: an activation after its switch (switch_back, even when the
+    release it goes back to does not answer either; recover). A restart with new settings
+    keeps them running until its health check passed (settings_back may have none to put
+    back)."""
     units = list(app.cfg.get("worker_units") or [])
     if units:
         systemctl("stop", "--no-block", "--", *units)
+
+
+def start_workers(app: App) -> None:
+    """Start the app's workers if they are not running (from the live release); one already
+    up is left alone. After an activation stopped part-way, which may have asked them to
+    stop (begin_stopping_workers) and not started them again."""
+    units = list(app.cfg.get("worker_units") or [])
+    if units and app.live():
+        systemctl("reset-failed", "--", *units)
+        systemctl("start", "--", *units)
 
 
 def restart_workers(app: App) -> str:
@@ -1364,15 +1377,22 @@ def switch_back(app: App, release: str, live: str | None) -> str:
             f"{release} failed after the switch (restart, health or workers); it was the first release",
         )
         return f"no previous release: nothing serves {app.name} now; {discard(app, release)}"
-    with step("rollback") as s:
-        back = restore_settings(app)
-        switch(app, live)
-        if not app.cfg.get("restart_command"):
-            # A start that failed counts toward systemd's start limit, as does the automatic
-            # restart it may have queued: the one that matters now must not be refused for it.
-            systemctl("reset-failed", app.cfg["service"])
-        restart(app)
-        s.detail = f"current -> releases/{live}; {wait_healthy(app)}"
+    try:
+        with step("rollback") as s:
+            back = restore_settings(app)
+            switch(app, live)
+            if not app.cfg.get("restart_command"):
+                # A start that failed counts toward systemd's start limit, as does the automatic
+                # restart it may have queued: the one that matters now must not be refused for it.
+                systemctl("reset-failed", app.cfg["service"])
+            restart(app)
+            s.detail = f"current -> releases/{live}; {wait_healthy(app)}"
+    except BaseException:
+        # The release it went back to does not answer either (its database down?): its
+        # workers, asked to stop after the switch, run it again all the same, as they would
+        # have had they never been stopped.
+        start_workers(app)
+        raise
     workers = ""
     try:
         with step("workers") as s:  # they may have started on the release that failed
@@ -1405,6 +1425,8 @@ def recover(app: App) -> None:
     with step("recover") as s:
         if app.live() != release:
             app.record(app.live() or "", release, ABANDONED, f"an activation of {release} did not switch")
+            # Or it switched back and died before its workers were started again.
+            start_workers(app)
             s.detail = f"an interrupted activation of {release} had not switched"
             return
         try:

@@ -408,6 +408,30 @@ def test_a_release_that_fails_its_health_check_once_live_is_switched_back(host):
     assert json.loads((host.home / "history.jsonl").read_text().splitlines()[-1])["action"] == "auto-rollback"
 
 
+def test_workers_stopped_after_the_switch_run_again_when_neither_release_answers(host, tmp_path, monkeypatch):
+    """The workers are asked to stop as the web server restarts after the switch; when the
+    release put back does not answer either (its database down, say), they are started
+    again all the same, on it, as they would be running had they never been stopped."""
+    good = host.release("good")
+    assert host.tool("activate", "site", good).returncode == 0
+    calls = tmp_path / "systemctl.log"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (fake / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    # Every restart from now on breaks the good release's answer: the way back fails too.
+    breaks_good = ["sh", "-c", f"echo 500 > {host.home}/releases/{good}/live.txt"]
+    host.write_settings(restart_command=breaks_good, worker_units=["site-worker@1.service"])
+    sick = host.release("sick-when-live", live="500")
+    result = host.tool("activate", "site", sick)
+    assert result.returncode == 1
+    said = calls.read_text().splitlines()
+    assert "stop --no-block -- site-worker@1.service" in said, said
+    assert said[-1] == "start -- site-worker@1.service", said
+    assert host.live() == good
+
+
 def test_rollback_goes_to_the_previous_release_and_back(host):
     first, second = host.release("one"), host.release("two")
     host.tool("activate", "site", first)
