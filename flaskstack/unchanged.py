@@ -5,8 +5,9 @@ roles/flaskstack/files) are both as at the end of the last complete run. The dig
 everything a run reads on the control node: the project's code (roles, playbooks, templates,
 this package), the inventory's folder (group_vars, host_vars, its templates/), each app's
 source (as its release id does), and every variable the host has in this run, templated (so
--e, a dynamic inventory and lookups count too), with the groups and the addresses of the other
-hosts, which a load balancer's or a database host's settings name.
+-e, a dynamic inventory and lookups count too), with the groups, and the addresses of the other
+hosts, which a load balancer's or a database host's settings name, and their apps' names, which
+the inventory's checks compare (made before those checks, it must change when their verdict can).
 """
 
 from __future__ import annotations
@@ -102,14 +103,15 @@ def tree_digest(path: Path, exclude: list[str]) -> str:
 
 
 def inputs_digest(
-    hostvars: Mapping, groups: Mapping, addresses: Mapping, inventory_dir: str, apps: list, defaults: Mapping
+    hostvars: Mapping, groups: Mapping, others: Mapping, inventory_dir: str, apps: list, defaults: Mapping
 ) -> str:
-    """One digest of everything the run is given for this host."""
+    """One digest of everything the run is given for this host; others: what its checks and
+    settings read of the other hosts (their addresses and their apps' names)."""
     default_exclude = defaults.get("exclude", [])
     parts = {
         "variables": run_variables(hostvars),
         "groups": {name: sorted(hosts) for name, hosts in groups.items() if name.startswith("flaskstack")},
-        "addresses": dict(sorted(addresses.items())),
+        "others": dict(sorted(others.items())),
         "project": {part: tree_digest(PROJECT / part, NOT_SOURCE) for part in PROJECT_PARTS},
         "inventory": tree_digest(Path(inventory_dir), NOT_SOURCE) if inventory_dir else "none",
         # As a release id is made (the app's exclude), so local data in the source does not count.

@@ -49,7 +49,7 @@ def digest(tmp_path, variables=None, **more):
     hostvars = Vars({"flaskstack_apps": [{"name": "hello", "src": str(app)}], **(variables or {})})
     args = {
         "groups": {"flaskstack": ["demo"], "all": ["demo"], "ungrouped": []},
-        "addresses": {"demo": ""},
+        "others": {"demo": ["", ["hello"]]},
         "inventory_dir": str(inventory),
         "apps": [{"name": "hello", "src": str(app)}],
         "defaults": {"exclude": [".git", "instance"]},
@@ -70,10 +70,12 @@ def test_the_digest_changes_with_what_a_run_is_given_and_only_with_that(tmp_path
         ("__flaskstack_python3", {"stdout": "python3 present"}),
     ]:
         assert digest(tmp_path, {name: value}) == base, name
-    # A variable (from the inventory, -e, a lookup), an address in the cluster, a group.
+    # A variable (from the inventory, -e, a lookup), an address in the cluster, another host's
+    # apps (the inventory's checks compare a load balancer's with an app host's), a group.
     assert digest(tmp_path, {"nginx_worker_connections": 2048}) != base
     assert digest(tmp_path, {"ansible_port": 2200}) != base
-    assert digest(tmp_path, addresses={"demo": "10.0.0.5"}) != base
+    assert digest(tmp_path, others={"demo": ["10.0.0.5", ["hello"]]}) != base
+    assert digest(tmp_path, others={"demo": ["", ["hello"]], "lb": ["", ["hello", "other"]]}) != base
     assert digest(tmp_path, groups={"flaskstack": ["demo", "app2"]}) != base
     # A variable this run cannot template counts by its error, and does not stop the run.
     broken = digest(tmp_path, {"half_made": KeyError("nope")})
@@ -162,6 +164,10 @@ def test_the_host_is_compared_with_the_record_of_the_last_complete_run(tmp_path)
     again = run_module(args)
     assert again["unchanged"] is True, again["reason"]
     assert again["reason"].startswith("as the last complete run left it (")
+    # No digest (input the app model refuses) never matches, even a record made without one.
+    run_module({**args, "inputs": "", "write": True})
+    assert run_module({**args, "inputs": ""})["unchanged"] is False
+    run_module({**args, "write": True})
 
     # What does not count: an excluded file, a release's own files, the record itself.
     (etc / "resolv.conf").write_text("nameserver 10.0.0.2\n")

@@ -65,20 +65,29 @@ def root_login(setting, user):
 
 def inputs(hostvars, host, groups, inventory_dir, apps, defaults):
     """One digest of what this run is given for host (flaskstack/unchanged.py), or "" for
-    apps the app model refuses or input it cannot read: made before the inventory's checks
-    (tasks/main.yml), it must leave saying what is wrong to them."""
-    try:
-        if model.app_errors(list(apps), dict(defaults), base_dir=inventory_dir):
-            return ""
-        ours = sorted(
-            {name for group, hosts in groups.items() if group.startswith("flaskstack") for name in hosts}
-        )
-        addresses = {name: str(hostvars[name].get("flaskstack_private_address", "")) for name in ours}
-        return unchanged.inputs_digest(
-            hostvars[host], groups, addresses, inventory_dir, list(apps), dict(defaults)
-        )
-    except Exception:  # noqa: BLE001 - any input at all: the checks after it name the problem
+    apps the app model refuses: made before the inventory's checks (tasks/main.yml), it
+    leaves saying what is wrong to them, and "" is never compared or recorded."""
+    if not isinstance(apps, list) or model.app_errors(list(apps), dict(defaults), base_dir=inventory_dir):
         return ""
+    ours = {name for group, hosts in groups.items() if group.startswith("flaskstack") for name in hosts}
+
+    def names(theirs):  # another host's apps, whatever they are (its own checks judge them)
+        return (
+            [a.get("name") if isinstance(a, dict) else repr(a) for a in theirs]
+            if isinstance(theirs, list)
+            else repr(theirs)
+        )
+
+    # What this host's checks read of the others: their addresses, and their apps' names (a
+    # load balancer and an app host must have the same apps).
+    others = {
+        name: [
+            str(hostvars[name].get("flaskstack_private_address", "")),
+            names(hostvars[name].get("flaskstack_apps")),
+        ]
+        for name in sorted(ours)
+    }
+    return unchanged.inputs_digest(hostvars[host], groups, others, inventory_dir, list(apps), dict(defaults))
 
 
 def state_paths(apps, defaults, root, config_dir, run_dir):
