@@ -52,7 +52,7 @@ bench: demo cluster ## Benchmark: HTTP load during deploys, failed deploys, faul
 	exit $$status
 
 .PHONY: cluster
-cluster: venv ## A load balancer, three app hosts and a database host (containers here); print the URL
+cluster: venv ## Two load balancers, three app hosts and a database host (containers here); print the URL
 	$(PLAYBOOK) playbooks/local_target.yml -i inventory/cluster
 	$(PLAYBOOK) site.yml -i inventory/cluster
 	@echo
@@ -61,7 +61,7 @@ cluster: venv ## A load balancer, three app hosts and a database host (container
 
 .PHONY: clean
 clean: ## Remove the demo and cluster targets (containers, network, key, secrets)
-	-docker rm -f flaskstack-demo flaskstack-demo2 flaskstack-demo3 flaskstack-demo4 flaskstack-peer flaskstack-cold flaskstack-floor flaskstack-apps flaskstack-lb flaskstack-app1 flaskstack-app2 flaskstack-app3 flaskstack-db
+	-docker rm -f flaskstack-demo flaskstack-demo2 flaskstack-demo3 flaskstack-demo4 flaskstack-peer flaskstack-cold flaskstack-floor flaskstack-apps flaskstack-lb flaskstack-lb2 flaskstack-app1 flaskstack-app2 flaskstack-app3 flaskstack-db
 	-docker network rm flaskstack-cluster
 	-$(PLAYBOOK) playbooks/local_vm.yml -i inventory/vm -e local_vm_state=absent
 	rm -rf .demo

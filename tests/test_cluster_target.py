@@ -33,8 +33,10 @@ from tests.targets import EVERY_TASK, on_target, run
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HTTPS, HTTP = 8493, 8090
+HTTPS2 = 8494  # the second load balancer's
 APP_HOSTS = ("app1", "app2", "app3")
-CONTAINERS = ("flaskstack-lb", *(f"flaskstack-{name}" for name in APP_HOSTS), "flaskstack-db")
+LBS = {"lb": 2240, "lb2": 2245}  # each load balancer's SSH port
+CONTAINERS = (*(f"flaskstack-{name}" for name in (*LBS, *APP_HOSTS)), "flaskstack-db")
 INVENTORY = "inventory/cluster"
 # Release ids are content hashes: a label of this run's own makes every variant a new release.
 RUN = uuid.uuid4().hex[:8]
@@ -45,7 +47,7 @@ pytestmark = [pytest.mark.target, pytest.mark.cluster]
 
 def get(path: str = "/healthz", port: int = HTTPS) -> tuple[int, dict, bytes]:
     """GET through the load balancer (Host: localhost), its certificate not checked."""
-    if port == HTTPS:
+    if port in (HTTPS, HTTPS2):
         # "localhost": TLS names the site (SNI) only for a name; nginx refuses a handshake without.
         context = ssl._create_unverified_context()  # noqa: S323 - the cluster's self-signed certificate
         conn = http.client.HTTPSConnection("localhost", port, timeout=20, context=context)
@@ -89,8 +91,13 @@ def released(output: str) -> str:
     return re.search(r"== package: \S+  hello ([0-9a-f]{12})", output).group(1)
 
 
-def pool_status() -> dict:
-    return json.loads(on_target("flaskstack-pool status --json", port=2240).stdout)["hello"]
+def pool_status(lb: str = "lb") -> dict:
+    return json.loads(on_target("flaskstack-pool status --json", port=LBS[lb]).stdout)["hello"]
+
+
+def in_every_pool() -> bool:
+    """Every app host in the app's pool on both load balancers."""
+    return all(s["in_pool"] for lb in LBS for s in pool_status(lb).values())
 
 
 def remove_cluster() -> None:
@@ -115,6 +122,8 @@ def test_make_cluster_prints_the_load_balancers_url(cluster):
 
 def test_the_load_balancer_spreads_requests_over_every_app_host(cluster):
     assert hosts_answering() == set(APP_HOSTS)
+    # The second load balancer too (its own HTTPS port here; the same upstream).
+    assert {json.loads(get(port=HTTPS2)[2])["host"] for _ in range(30)} == set(APP_HOSTS)
     status, headers, _ = get("/", port=HTTP)
     assert (status, headers["Location"]) == (301, "https://localhost:8493/")
     status, _, page = get("/")
@@ -136,10 +145,10 @@ def test_an_app_host_answers_the_load_balancer_only(cluster):
     )
     answers = {
         name: subprocess.run(["docker", "exec", name, "sh", "-c", ask], capture_output=True, text=True)
-        for name in ("flaskstack-lb", "flaskstack-app2", "flaskstack-app1")
+        for name in ("flaskstack-lb", "flaskstack-lb2", "flaskstack-app2", "flaskstack-app1")
     }
     said = {name: result.stdout.strip() for name, result in answers.items()}
-    assert said["flaskstack-lb"] == "200", said
+    assert said["flaskstack-lb"] == said["flaskstack-lb2"] == "200", said
     assert "timed out" in said["flaskstack-app2"], said
     assert said["flaskstack-app1"] == "403", said
 
@@ -177,19 +186,21 @@ def test_check_mode_on_the_provisioned_cluster_passes(cluster):
 def test_a_second_run_changes_nothing(cluster):
     again = run(str(BIN / "ansible-playbook"), "site.yml", "-i", "inventory/cluster", *EVERY_TASK)
     assert again.returncode == 0, again.output[-3000:]
-    for host in ("lb", *APP_HOSTS, "db"):
+    for host in (*LBS, *APP_HOSTS, "db"):
         assert re.search(rf"{host}\s*:\s*ok=\d+\s+changed=0", again.output), again.output[-3000:]
-    assert on_target("test ! -e /srv/hello", port=2240, check=False).returncode == 0  # the LB runs no app
+    for port in LBS.values():  # a load balancer runs no app
+        assert on_target("test ! -e /srv/hello", port=port, check=False).returncode == 0
 
 
 def test_fab_status_shows_each_app_host_in_the_pool(cluster):
     result = fab("status", "-i", INVENTORY)
     assert result.returncode == 0, result.output
     for name in APP_HOSTS:
-        assert f"[{name}] pool     lb: in" in result.stdout
-    # The load balancer's own account of its pool agrees: its one app, every app host in.
-    pool = json.loads(on_target("flaskstack-pool status --json", port=2240).stdout)
-    assert pool == {"hello": {name: {"in_pool": True} for name in APP_HOSTS}}
+        assert f"[{name}] pool     lb: in" in result.stdout and f"[{name}] pool     lb2: in" in result.stdout
+    # Each load balancer's own account of its pool agrees: its one app, every app host in.
+    for port in LBS.values():
+        pool = json.loads(on_target("flaskstack-pool status --json", port=port).stdout)
+        assert pool == {"hello": {name: {"in_pool": True} for name in APP_HOSTS}}
 
 
 def test_a_rolling_fab_deploy_under_load_costs_no_request(cluster, tmp_path):
@@ -208,11 +219,15 @@ def test_a_rolling_fab_deploy_under_load_costs_no_request(cluster, tmp_path):
     batches = [out.index(f"== batch {n}/3 ({name})") for n, name in enumerate(APP_HOSTS, 1)]
     assert batches == sorted(batches), out
     for name in APP_HOSTS:
-        assert f"[lb] {name}: out of the pool of hello" in out and f"[lb] {name}: in the pool of hello" in out
-    assert out.count("drained in") == 3
+        for lb in LBS:
+            assert (
+                f"[{lb}] {name}: out of the pool of hello" in out
+                and f"[{lb}] {name}: in the pool of hello" in out
+            )
+    assert out.count("drained in") == 3 * len(LBS)
     # Out of the pool, the preloaded server's start was each host's check (one import).
     assert out.count("by the restart: out of every pool") == 3, out
-    assert all(s["in_pool"] for s in pool_status().values())
+    assert in_every_pool()
     assert load.sent > 50 and load.failures == [], load.failures
 
 
@@ -237,7 +252,7 @@ def test_a_batch_that_fails_stops_the_rollout_and_goes_back(cluster, tmp_path):
     assert serving() == {"app1": new, "app2": before["app2"], "app3": before["app3"]}
     assert "== batch 3/3" not in result.stdout
     assert f"  app1: hello {new}" in result.stdout and f"  app3: hello {before['app3']}" in result.stdout
-    assert all(s["in_pool"] for s in pool_status().values())
+    assert in_every_pool()
     assert load.failures == [], load.failures
 
     # Another such release, --rollback-all: app1 switches to it, then goes back to what it had.
@@ -247,7 +262,7 @@ def test_a_batch_that_fails_stops_the_rollout_and_goes_back(cluster, tmp_path):
     assert f"[app1] hello: ACTIVATED {released(again.stdout)}" in again.stdout
     assert "every host that switched was sent back" in again.output
     assert serving() == {"app1": new, "app2": before["app2"], "app3": before["app3"]}
-    assert all(s["in_pool"] for s in pool_status().values())
+    assert in_every_pool()
 
 
 def test_a_batch_that_is_no_count_is_refused_before_anything(cluster):
@@ -277,7 +292,7 @@ def test_a_rolling_ansible_deploy_under_load_costs_no_request(cluster, tmp_path)
     assert result.output.count("PLAY [Deploy | Put each app's release live, batch by batch]") == 3
     live = serving()
     assert len(set(live.values())) == 1 and releases_seen() == live
-    assert all(s["in_pool"] for s in pool_status().values())
+    assert in_every_pool()
     assert load.sent > 50 and load.failures == [], load.failures
 
 
@@ -293,7 +308,7 @@ def test_a_failed_ansible_batch_stops_the_rollout_and_says_what_each_host_serves
     # The deploy play took app2 out of the pool: its first answer after the restart decided.
     assert "its first answer, which must be 2xx" in said
     assert f"app1: hello {now['app1']}" in result.output and f"app3: hello {before['app3']}" in result.output
-    assert all(s["in_pool"] for s in pool_status().values())
+    assert in_every_pool()
     # Another such release with app_rollback_all: app1 switches to it, then goes back.
     extra = cluster_vars(tmp_path, variant(tmp_path, f"ansible-no-app2-all-{RUN}", breaks_on_host("app2")))
     result = run(
@@ -303,7 +318,7 @@ def test_a_failed_ansible_batch_stops_the_rollout_and_says_what_each_host_serves
     assert result.returncode == 2, result.output[-4000:]
     assert "every host that switched was sent back" in result.output
     assert serving() == now
-    assert all(s["in_pool"] for s in pool_status().values())
+    assert in_every_pool()
     # Every lock was released: the next deploy goes ahead.
     assert (
         fab(
@@ -338,7 +353,7 @@ def test_a_rolling_deploy_whose_client_is_killed_is_finished_by_the_next(cluster
     load.stop()
     assert again.returncode == 0, again.output
     assert "[lb] app2: in the pool of hello" in again.stdout
-    assert all(s["in_pool"] for s in pool_status().values())
+    assert in_every_pool()
     assert len(set(serving().values())) == 1
     assert load.failures == [], load.failures
 
@@ -360,10 +375,12 @@ def test_a_batch_of_every_app_host_switches_them_in_one_phase(cluster, tmp_path)
     for name in APP_HOSTS:
         assert f"[{name}] hello: ACTIVATED {new}" in result.stdout
     assert "kept in the pool of hello: it is the last host there" in result.stdout
-    assert result.stdout.count("drained in") == 1 and result.stdout.count("== out of the pools") == 1
+    # One drain on each load balancer, in one phase.
+    assert result.stdout.count("drained in") == len(LBS) and result.stdout.count("== out of the pools") == 1
     # The host kept in the pool gets requests while it switches: its release went through the
     # check gate; the two out of it let their preloaded server's start be the check.
     kept = re.search(r"\[lb\] (app\d): kept in the pool of hello", result.stdout).group(1)
+    assert f"[lb2] {kept}: kept in the pool of hello" in result.stdout, result.stdout
     for name in APP_HOSTS:
         gated = f"[{name}]   check    ok" in result.stdout and "(check and answer in one import)" in next(
             line for line in result.stdout.splitlines() if line.startswith(f"[{name}]   check ")
@@ -371,10 +388,33 @@ def test_a_batch_of_every_app_host_switches_them_in_one_phase(cluster, tmp_path)
         assert gated == (name == kept), result.stdout
     assert result.stdout.count("by the restart: out of every pool") == 2, result.stdout
     assert serving() == dict.fromkeys(APP_HOSTS, new)
-    assert all(s["in_pool"] for s in pool_status().values())
+    assert in_every_pool()
     back = fab("rollback", "-i", INVENTORY)
     assert back.returncode == 0, back.output
     assert serving() == before
+
+
+def test_a_host_one_load_balancer_keeps_in_its_pool_runs_the_gates(cluster, tmp_path):
+    """The load balancers' pools differ (app2 and app3 out of lb2's by hand, as a deploy killed
+    on lb2's side could leave them): a deploy to app1 takes it out of lb's pool, but lb2 keeps
+    it, its last host. app1 gets requests from lb2 while it switches, so its release goes
+    through the check gate: a host counts as out only where every load balancer took it out."""
+    lb2 = LBS["lb2"]
+    on_target("flaskstack-pool out app2 app3 --app hello --why test --timeout 5", port=lb2)
+    try:
+        result = fab(
+            "deploy", "-i", INVENTORY, "--app", "hello", "--src", str(variant(tmp_path, f"lb2-keeps-{RUN}")),
+            "--limit", "app1",
+        )  # fmt: skip
+    finally:
+        on_target("flaskstack-pool in app2 app3 --app hello", port=lb2)
+    assert result.returncode == 0, result.output
+    assert "[lb] app1: out of the pool of hello" in result.stdout, result.stdout
+    assert "[lb2] app1: kept in the pool of hello: it is the last host there" in result.stdout, result.stdout
+    check = next(line for line in result.stdout.splitlines() if line.startswith("[app1]   check "))
+    assert "(check and answer in one import)" in check and "by the restart" not in result.stdout, check
+    assert serving()["app1"] == released(result.stdout)
+    assert in_every_pool()
 
 
 def test_a_release_every_host_of_a_batch_refuses_leaves_each_serving_what_it_did(cluster, tmp_path):
@@ -392,7 +432,7 @@ def test_a_release_every_host_of_a_batch_refuses_leaves_each_serving_what_it_did
     assert result.stdout.count("restart of hello.service failed") == 2, result.stdout
     assert result.stdout.count("does not build its app") == 1, result.stdout
     assert serving() == before
-    assert all(s["in_pool"] for s in pool_status().values())
+    assert in_every_pool()
 
 
 def test_one_app_host_out_of_reach_stops_the_deploy_before_anything(cluster, tmp_path):
