@@ -630,12 +630,14 @@ def begin_stopping_workers(app: App) -> None:
         systemctl("stop", "--no-block", "--", *units)
 
 
-def start_workers(app: App) -> None:
-    """Start the app's workers if they are not running (from the live release); one already
-    up is left alone. After an activation stopped part-way, which may have asked them to
-    stop (begin_stopping_workers) and not started them again."""
+def start_workers(app: App, release: str | None) -> None:
+    """Start the app's workers if they are not running, only if `current` is release (the
+    one they ran before); one already up is left alone. After an activation stopped
+    part-way, which may have asked them to stop (begin_stopping_workers) and not started
+    them again: where `current` is still the failed release (the way back stopped before
+    its switch), they are left stopped rather than started on it."""
     units = list(app.cfg.get("worker_units") or [])
-    if units and app.live():
+    if units and release and app.live() == release:
         systemctl("reset-failed", "--", *units)
         systemctl("start", "--", *units)
 
@@ -1391,7 +1393,7 @@ def switch_back(app: App, release: str, live: str | None) -> str:
         # The release it went back to does not answer either (its database down?): its
         # workers, asked to stop after the switch, run it again all the same, as they would
         # have had they never been stopped.
-        start_workers(app)
+        start_workers(app, live)
         raise
     workers = ""
     try:
@@ -1426,7 +1428,7 @@ def recover(app: App) -> None:
         if app.live() != release:
             app.record(app.live() or "", release, ABANDONED, f"an activation of {release} did not switch")
             # Or it switched back and died before its workers were started again.
-            start_workers(app)
+            start_workers(app, before)
             s.detail = f"an interrupted activation of {release} had not switched"
             return
         try:

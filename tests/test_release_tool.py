@@ -417,7 +417,7 @@ def test_workers_stopped_after_the_switch_run_again_when_neither_release_answers
     calls = tmp_path / "systemctl.log"
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (fake / "systemctl").write_text(f'#!/bin/sh\necho "$* @ $(readlink {host.home}/current)" >> {calls}\n')
     (fake / "systemctl").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     # Every restart from now on breaks the good release's answer: the way back fails too.
@@ -427,8 +427,9 @@ def test_workers_stopped_after_the_switch_run_again_when_neither_release_answers
     result = host.tool("activate", "site", sick)
     assert result.returncode == 1
     said = calls.read_text().splitlines()
-    assert "stop --no-block -- site-worker@1.service" in said, said
-    assert said[-1] == "start -- site-worker@1.service", said
+    assert f"stop --no-block -- site-worker@1.service @ {host.home}/releases/{sick}" in said, said
+    # Started again with `current` on the release put back.
+    assert said[-1] == f"start -- site-worker@1.service @ {host.home}/releases/{good}", said
     assert host.live() == good
 
 
