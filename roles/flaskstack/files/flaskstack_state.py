@@ -212,7 +212,9 @@ def compare(record, inputs, now, max_age, clock=time.time):
     if max_age and age > max_age:
         hours = int(age // 3600)
         return False, f"the last complete run was {hours} h ago (flaskstack_skip_unchanged_for: {max_age} s)"
-    if not inputs or record.get("inputs") != inputs:
+    if not inputs:
+        return False, "this run's inputs could not be digested (the inventory's checks say why)"
+    if record.get("inputs") != inputs:
         return (
             False,
             "this run's inputs (code, inventory, variables, app sources) are not the last complete run's",

@@ -65,8 +65,16 @@ def root_login(setting, user):
 
 def inputs(hostvars, host, groups, inventory_dir, apps, defaults):
     """One digest of what this run is given for host (flaskstack/unchanged.py), or "" for
-    apps the app model refuses: made before the inventory's checks (tasks/main.yml), it
-    leaves saying what is wrong to them, and "" is never compared or recorded."""
+    input it cannot read or the app model refuses: made before the inventory's checks
+    (tasks/main.yml), it leaves saying what is wrong to them, and "" never matches a record
+    and is never recorded (the host gets every task)."""
+    try:
+        return _inputs(hostvars, host, groups, inventory_dir, apps, defaults)
+    except Exception:  # noqa: BLE001 - bad input of any kind: the checks after this name it
+        return ""
+
+
+def _inputs(hostvars, host, groups, inventory_dir, apps, defaults):
     if not isinstance(apps, list) or model.app_errors(list(apps), dict(defaults), base_dir=inventory_dir):
         return ""
     ours = {name for group, hosts in groups.items() if group.startswith("flaskstack") for name in hosts}
