@@ -1,8 +1,9 @@
 """Cluster benchmark: constant HTTPS load through the load balancer while hosts change.
 
 Run it with `make bench` (which first runs `make cluster`): the load goes to the
-cluster's load balancer on localhost:8493 (127.0.0.1) only, bounded as the
-zero-downtime benchmark's is (bench/traffic.py). Scenarios:
+cluster's first load balancer on localhost:8493 (127.0.0.1) only, bounded as the
+zero-downtime benchmark's is (bench/traffic.py); a deploy takes hosts out of the second's
+pool too, and (d) changes the first's only, the one the load goes through. Scenarios:
 
   (a1) fab deploy of a good release to one app host (--limit app1)
   (a)  fab deploy of a good release to the three, one at a time (the default)
@@ -90,8 +91,9 @@ def requests_per_second(seconds: int = 10, connections: int = 16) -> float:
 def main() -> int:
     load_args = {"clients": 4, "rate": 10.0, "path": "/healthz", "port": 8493, "tls": True}
     print(
-        f"flaskstack cluster benchmark ({os.cpu_count()} CPUs; 1 load balancer, 3 app hosts; "
-        f"load: 4 clients x 10 req/s on keep-alive, HTTPS GET /healthz; at most {MAX_SECONDS} s each)",
+        f"flaskstack cluster benchmark ({os.cpu_count()} CPUs; 2 load balancers, 3 app hosts; "
+        f"load through the first: 4 clients x 10 req/s on keep-alive, HTTPS GET /healthz; "
+        f"at most {MAX_SECONDS} s each)",
         flush=True,
     )
     fab = [str(BIN / "fab"), "deploy", "-i", INVENTORY, "--app", "hello", "--src"]
