@@ -630,16 +630,17 @@ def begin_stopping_workers(app: App) -> None:
         systemctl("stop", "--no-block", "--", *units)
 
 
-def start_workers(app: App, release: str | None) -> None:
-    """Start the app's workers if they are not running, only if `current` is release (the
-    one they ran before); one already up is left alone. After an activation stopped
-    part-way, which may have asked them to stop (begin_stopping_workers) and not started
-    them again: where `current` is still the failed release (the way back stopped before
-    its switch), they are left stopped rather than started on it."""
+def start_workers(app: App, release: str | None, *, restart: bool = False) -> None:
+    """Start the app's workers, only if `current` is release (the one they ran before); with
+    restart, restart them (some may run the failed release: restart_workers had started them
+    on it), else one already up is left alone. After an activation stopped part-way, which
+    may have asked them to stop (begin_stopping_workers) and not started them again: where
+    `current` is still the failed release (the way back stopped before its switch), they
+    are left stopped rather than started on it."""
     units = list(app.cfg.get("worker_units") or [])
     if units and release and app.live() == release:
         systemctl("reset-failed", "--", *units)
-        systemctl("start", "--", *units)
+        systemctl("restart" if restart else "start", "--", *units)
 
 
 def restart_workers(app: App) -> str:
@@ -1391,9 +1392,10 @@ def switch_back(app: App, release: str, live: str | None) -> str:
             s.detail = f"current -> releases/{live}; {wait_healthy(app)}"
     except BaseException:
         # The release it went back to does not answer either (its database down?): its
-        # workers, asked to stop after the switch, run it again all the same, as they would
-        # have had they never been stopped.
-        start_workers(app, live)
+        # workers, asked to stop after the switch (or started on the failed release, if one
+        # of them is what failed), run it again all the same, as they would have had they
+        # never been stopped.
+        start_workers(app, live, restart=True)
         raise
     workers = ""
     try:

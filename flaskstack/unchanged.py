@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from flaskstack import model, packaging
@@ -74,6 +74,15 @@ def state_paths(apps: list, defaults: Mapping, layout: model.Layout) -> list[dic
     return found
 
 
+def templated(read: Callable[[], object]) -> str:
+    """A value as JSON, templated as it is read (Ansible templates nested values lazily); one
+    that cannot be templated counts by its error's name."""
+    try:
+        return json.dumps(read(), sort_keys=True, default=str)
+    except Exception as error:  # noqa: BLE001 - a variable this run never reads may not template
+        return f"<{type(error).__name__}>"
+
+
 def run_variables(hostvars: Mapping) -> dict:
     """The host's variables that describe what it should be, templated; a variable that
     cannot be templated counts by its name and error."""
@@ -85,11 +94,7 @@ def run_variables(hostvars: Mapping) -> dict:
             or (name.startswith("ansible_") and name not in CONNECTION)
         ):
             continue
-        try:
-            # Serialised here: a nested value may be templated only as it is read.
-            found[name] = json.dumps(hostvars[name], sort_keys=True, default=str)
-        except Exception as error:  # noqa: BLE001 - a variable this run never reads may not template
-            found[name] = f"<{type(error).__name__}>"
+        found[name] = templated(lambda name=name: hostvars[name])
     return found
 
 

@@ -429,7 +429,7 @@ def test_workers_stopped_after_the_switch_run_again_when_neither_release_answers
     said = calls.read_text().splitlines()
     assert f"stop --no-block -- site-worker@1.service @ {host.home}/releases/{sick}" in said, said
     # Started again with `current` on the release put back.
-    assert said[-1] == f"start -- site-worker@1.service @ {host.home}/releases/{good}", said
+    assert said[-1] == f"restart -- site-worker@1.service @ {host.home}/releases/{good}", said
     assert host.live() == good
 
 

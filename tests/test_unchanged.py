@@ -19,6 +19,11 @@ MODULE = ROOT / "roles/flaskstack/files/flaskstack_state.py"
 spec = importlib.util.spec_from_file_location("flaskstack_state", MODULE)
 state_module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(state_module)
+filter_spec = importlib.util.spec_from_file_location(
+    "flaskstack_filters", ROOT / "roles/flaskstack/filter_plugins/flaskstack.py"
+)
+filters = importlib.util.module_from_spec(filter_spec)
+filter_spec.loader.exec_module(filters)
 
 
 class Vars(dict):
@@ -29,6 +34,11 @@ class Vars(dict):
         if isinstance(value, Exception):
             raise value
         return value
+
+    def get(self, name, default=None):  # as hostvars: a variable that cannot be templated raises
+        if name not in self:
+            return default
+        return self[name]
 
 
 class Unreadable(dict):
@@ -91,6 +101,40 @@ def test_the_digest_changes_with_what_a_run_is_given_and_only_with_that(tmp_path
     assert changed_app != base
     (tmp_path / "inventory" / "hosts.yml").write_text("flaskstack: {hosts: {demo: {ansible_port: 22}}}\n")
     assert digest(tmp_path) != changed_app
+
+
+def test_the_filter_digests_what_the_checks_read_of_the_other_hosts():
+    """The digest as the role makes it, before the inventory's checks (the filter): apps the
+    app model refuses get none; another host's apps (the checks compare a load balancer's
+    with an app host's) and its address count; one that cannot be templated yet (an address
+    made from facts, which are read after this) counts by its error, as the host's own
+    variables do, instead of leaving the run without a digest."""
+    defaults = yaml.safe_load((ROOT / "roles/flaskstack/defaults/main.yml").read_text())[
+        "flaskstack_app_defaults"
+    ]
+    app = {
+        "name": "hello",
+        "src": str(ROOT / "app"),
+        "entry_point": "hello:create_app()",
+        "server_names": ["a.b"],
+    }
+    groups = {"flaskstack": ["app1"], "flaskstack_lb": ["lb"]}
+
+    def digest(lb_apps, lb_address="10.0.0.9", apps=(app,)):
+        hostvars = {
+            "app1": Vars({"flaskstack_apps": list(apps)}),
+            "lb": Vars({"flaskstack_apps": lb_apps, "flaskstack_private_address": lb_address}),
+        }
+        return filters.inputs(hostvars, "app1", groups, str(ROOT / "inventory/local"), list(apps), defaults)
+
+    base = digest([app])
+    assert base and base == digest([app])
+    assert digest([app, {**app, "name": "other"}]) != base
+    assert digest([app], "10.0.0.8") != base
+    from_facts = digest([app], KeyError("ansible_default_ipv4"))
+    assert from_facts and from_facts not in (base, digest([app], "")), from_facts
+    assert digest([app], KeyError("ansible_default_ipv4")) == from_facts
+    assert digest([app], apps=[{**app, "name": "Bad Name"}]) == ""
 
 
 def run_module(args: dict) -> dict:

@@ -213,7 +213,7 @@ def compare(record, inputs, now, max_age, clock=time.time):
         hours = int(age // 3600)
         return False, f"the last complete run was {hours} h ago (flaskstack_skip_unchanged_for: {max_age} s)"
     if not inputs:
-        return False, "this run's inputs could not be digested (the inventory's checks say why)"
+        return False, "no digest of this run's inputs (the app model refused them)"
     if record.get("inputs") != inputs:
         return (
             False,

@@ -65,33 +65,25 @@ def root_login(setting, user):
 
 def inputs(hostvars, host, groups, inventory_dir, apps, defaults):
     """One digest of what this run is given for host (flaskstack/unchanged.py), or "" for
-    input it cannot read or the app model refuses: made before the inventory's checks
-    (tasks/main.yml), it leaves saying what is wrong to them, and "" never matches a record
-    and is never recorded (the host gets every task)."""
-    try:
-        return _inputs(hostvars, host, groups, inventory_dir, apps, defaults)
-    except Exception:  # noqa: BLE001 - bad input of any kind: the checks after this name it
-        return ""
-
-
-def _inputs(hostvars, host, groups, inventory_dir, apps, defaults):
+    apps the app model refuses: made before the inventory's checks (tasks/main.yml), it
+    leaves saying what is wrong to them, and "" never matches a record and is never
+    recorded."""
     if not isinstance(apps, list) or model.app_errors(list(apps), dict(defaults), base_dir=inventory_dir):
         return ""
     ours = {name for group, hosts in groups.items() if group.startswith("flaskstack") for name in hosts}
 
     def names(theirs):  # another host's apps, whatever they are (its own checks judge them)
-        return (
-            [a.get("name") if isinstance(a, dict) else repr(a) for a in theirs]
-            if isinstance(theirs, list)
-            else repr(theirs)
-        )
+        if not isinstance(theirs, list):
+            return theirs
+        return [a.get("name") if isinstance(a, dict) else a for a in theirs]
 
     # What this host's checks read of the others: their addresses, and their apps' names (a
-    # load balancer and an app host must have the same apps).
+    # load balancer and an app host must have the same apps). Each counts by its error where
+    # it cannot be templated yet (an address made from facts: they are read after this).
     others = {
         name: [
-            str(hostvars[name].get("flaskstack_private_address", "")),
-            names(hostvars[name].get("flaskstack_apps")),
+            unchanged.templated(lambda name=name: hostvars[name].get("flaskstack_private_address", "")),
+            unchanged.templated(lambda name=name: names(hostvars[name].get("flaskstack_apps"))),
         ]
         for name in sorted(ours)
     }
