@@ -33,6 +33,25 @@ HOST_BASELINE_OFF = {"host_baseline": False}
 EVERY_TASK = ("-e", "flaskstack_skip_unchanged=false")
 
 
+def app_defaults() -> dict:
+    """flaskstack_app_defaults as the flaskstack role ships them."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "roles/flaskstack/defaults/main.yml").read_text())[
+        "flaskstack_app_defaults"
+    ]
+
+
+def sample_app(name: str) -> dict:
+    """The sample app (app/) as a flaskstack_apps entry the app model accepts."""
+    return {
+        "name": name,
+        "src": str(ROOT / "app"),
+        "entry_point": "hello:create_app()",
+        "server_names": ["a"],
+    }
+
+
 def connection(port: int) -> dict:
     """An inventory host's connection settings for a test target whose sshd is on 127.0.0.1:port."""
     return {

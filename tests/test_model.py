@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from flaskstack import model, templates
+from tests.targets import app_defaults, sample_app
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = {
@@ -397,16 +398,5 @@ def test_systemd_quote_keeps_an_argument_whole():
     ],
 )
 def test_malformed_processes_and_brokers_are_named(raw, message):
-    import yaml
-
-    defaults = yaml.safe_load((ROOT / "roles/flaskstack/defaults/main.yml").read_text())[
-        "flaskstack_app_defaults"
-    ]
-    app = {
-        "name": "shop",
-        "src": str(ROOT / "app"),
-        "entry_point": "hello:create_app()",
-        "server_names": ["a"],
-    }
-    errors = model.app_errors([{**app, **raw}], defaults)
+    errors = model.app_errors([{**sample_app("shop"), **raw}], app_defaults())
     assert errors and re.search(message, errors[0]), errors

@@ -13,7 +13,7 @@ import subprocess
 import yaml
 
 from flaskstack import unchanged
-from tests.targets import ROOT
+from tests.targets import ROOT, app_defaults, sample_app
 
 MODULE = ROOT / "roles/flaskstack/files/flaskstack_state.py"
 spec = importlib.util.spec_from_file_location("flaskstack_state", MODULE)
@@ -109,15 +109,7 @@ def test_the_filter_digests_what_the_checks_read_of_the_other_hosts():
     with an app host's) and its address count; one that cannot be templated yet (an address
     made from facts, which are read after this) counts by its error, as the host's own
     variables do, instead of leaving the run without a digest."""
-    defaults = yaml.safe_load((ROOT / "roles/flaskstack/defaults/main.yml").read_text())[
-        "flaskstack_app_defaults"
-    ]
-    app = {
-        "name": "hello",
-        "src": str(ROOT / "app"),
-        "entry_point": "hello:create_app()",
-        "server_names": ["a.b"],
-    }
+    defaults, app = app_defaults(), sample_app("hello")
     groups = {"flaskstack": ["app1"], "flaskstack_lb": ["lb"]}
 
     def digest(lb_apps, lb_address="10.0.0.9", apps=(app,)):
