@@ -107,17 +107,29 @@ def tree_digest(path: Path, exclude: list[str]) -> str:
     return "missing"
 
 
+def project_digest() -> dict:
+    """The digest of each of the project's parts a run reads."""
+    return {part: tree_digest(PROJECT / part, NOT_SOURCE) for part in PROJECT_PARTS}
+
+
 def inputs_digest(
-    hostvars: Mapping, groups: Mapping, others: Mapping, inventory_dir: str, apps: list, defaults: Mapping
+    hostvars: Mapping,
+    groups: Mapping,
+    others: Mapping,
+    inventory_dir: str,
+    apps: list,
+    defaults: Mapping,
+    project: Mapping | None = None,
 ) -> str:
     """One digest of everything the run is given for this host; others: what its checks and
-    settings read of the other hosts (their addresses and their apps' names)."""
+    settings read of the other hosts (their addresses and their apps' names); project: the
+    project_digest() of this run, if made already (it is every host's)."""
     default_exclude = defaults.get("exclude", [])
     parts = {
         "variables": run_variables(hostvars),
         "groups": {name: sorted(hosts) for name, hosts in groups.items() if name.startswith("flaskstack")},
         "others": dict(sorted(others.items())),
-        "project": {part: tree_digest(PROJECT / part, NOT_SOURCE) for part in PROJECT_PARTS},
+        "project": dict(project_digest() if project is None else project),
         "inventory": tree_digest(Path(inventory_dir), NOT_SOURCE) if inventory_dir else "none",
         # As a release id is made (the app's exclude), so local data in the source does not count.
         "apps": {

@@ -129,6 +129,43 @@ def test_the_filter_digests_what_the_checks_read_of_the_other_hosts():
     assert digest([app], apps=[{**app, "name": "Bad Name"}]) == ""
 
 
+def test_every_hosts_digest_made_at_once_is_each_hosts_own():
+    """unchanged.yml digests every host of the play in one task (the filter inputs_by_host):
+    each host's is what the one-host filter makes with that host's apps and app defaults,
+    the role's defaults where its inventory sets none (hostvars holds no role defaults), its
+    own where it does; a host whose apps the model refuses gets ""."""
+    import yaml
+
+    role_defaults = yaml.safe_load((ROOT / "roles/flaskstack/defaults/main.yml").read_text())
+    defaults, app = app_defaults(), sample_app("hello")
+    # Its own defaults leave the migrations out of its release: its source digest differs.
+    own_defaults = {**defaults, "exclude": [*defaults["exclude"], "migrations"]}
+    groups = {"flaskstack": ["app1", "app2", "app3"], "flaskstack_lb": ["lb"]}
+    inventory = str(ROOT / "inventory/local")
+    hostvars = {
+        "app1": Vars({"flaskstack_apps": [app], "inventory_dir": inventory}),
+        "app2": Vars(
+            {"flaskstack_apps": [app], "flaskstack_app_defaults": own_defaults, "inventory_dir": inventory}
+        ),
+        "app3": Vars({"flaskstack_apps": [{**app, "name": "Bad Name"}], "inventory_dir": inventory}),
+        "lb": Vars(
+            {"flaskstack_apps": [app], "flaskstack_private_address": "10.0.0.9", "inventory_dir": inventory}
+        ),
+    }
+    found = filters.inputs_by_host(hostvars, ["app1", "app2", "app3", "lb"], groups, role_defaults)
+    assert found["app1"] == filters.inputs(hostvars, "app1", groups, inventory, [app], defaults)
+    assert found["app2"] == filters.inputs(hostvars, "app2", groups, inventory, [app], own_defaults)
+    assert found["app2"] != filters.inputs(hostvars, "app2", groups, inventory, [app], defaults)
+    assert found["app3"] == ""
+    assert found["lb"] == filters.inputs(hostvars, "lb", groups, inventory, [app], defaults)
+    assert len({found["app1"], found["app2"], found["lb"]}) == 3
+    # A host with no apps of its own takes the role's (none), as the role would.
+    hostvars["db"] = Vars({"inventory_dir": inventory})
+    groups["flaskstack_db"] = ["db"]
+    found = filters.inputs_by_host(hostvars, ["db"], groups, role_defaults)
+    assert found["db"] == filters.inputs(hostvars, "db", groups, inventory, [], defaults) != ""
+
+
 def run_module(args: dict) -> dict:
     """The script as unchanged.yml and record.yml run it on a host; the JSON line it prints."""
     result = subprocess.run(

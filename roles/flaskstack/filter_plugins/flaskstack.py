@@ -63,13 +63,10 @@ def root_login(setting, user):
     return baseline.root_login(str(setting), str(user))
 
 
-def inputs(hostvars, host, groups, inventory_dir, apps, defaults):
-    """One digest of what this run is given for host (flaskstack/unchanged.py), or "" for
-    apps the app model refuses: made before the inventory's checks (tasks/main.yml), it
-    leaves saying what is wrong to them, and "" never matches a record and is never
-    recorded."""
-    if not isinstance(apps, list) or model.app_errors(list(apps), dict(defaults), base_dir=inventory_dir):
-        return ""
+def _others(hostvars, groups):
+    """What a host's checks read of every host of the groups: its address and its apps' names
+    (a load balancer and an app host must have the same apps). Each counts by its error where
+    it cannot be templated yet (an address made from facts: they are read after the digest)."""
     ours = {name for group, hosts in groups.items() if group.startswith("flaskstack") for name in hosts}
 
     def names(theirs):  # another host's apps, whatever they are (its own checks judge them)
@@ -77,17 +74,55 @@ def inputs(hostvars, host, groups, inventory_dir, apps, defaults):
             return theirs
         return [a.get("name") if isinstance(a, dict) else a for a in theirs]
 
-    # What this host's checks read of the others: their addresses, and their apps' names (a
-    # load balancer and an app host must have the same apps). Each counts by its error where
-    # it cannot be templated yet (an address made from facts: they are read after this).
-    others = {
+    return {
         name: [
             unchanged.templated(lambda name=name: hostvars[name].get("flaskstack_private_address", "")),
             unchanged.templated(lambda name=name: names(hostvars[name].get("flaskstack_apps"))),
         ]
         for name in sorted(ours)
     }
-    return unchanged.inputs_digest(hostvars[host], groups, others, inventory_dir, list(apps), dict(defaults))
+
+
+def inputs(hostvars, host, groups, inventory_dir, apps, defaults, others=None, project=None):
+    """One digest of what this run is given for host (flaskstack/unchanged.py), or "" for
+    apps the app model refuses: made before the inventory's checks (tasks/main.yml), it
+    leaves saying what is wrong to them, and "" never matches a record and is never
+    recorded. others and project: what every host's digest shares, made once by
+    inputs_by_host."""
+    if not isinstance(apps, list) or model.app_errors(list(apps), dict(defaults), base_dir=inventory_dir):
+        return ""
+    return unchanged.inputs_digest(
+        hostvars[host],
+        groups,
+        _others(hostvars, groups) if others is None else others,
+        inventory_dir,
+        list(apps),
+        dict(defaults),
+        project=project,
+    )
+
+
+def inputs_by_host(hostvars, hosts, groups, role_defaults):
+    """inputs() of each of hosts, in one task run on the control node (unchanged.yml runs it
+    once for the play): a task costs each host its own process, and processes that template
+    the same password lookup at once wait a whole second for its lock. Each host's apps and
+    app defaults are its own (hostvars holds no role defaults: role_defaults, the flaskstack
+    role's defaults file, stands in where the inventory sets none)."""
+    others, project = _others(hostvars, groups), unchanged.project_digest()
+    found = {}
+    for host in hosts:
+        own = hostvars[host]
+        found[host] = inputs(
+            hostvars,
+            host,
+            groups,
+            own.get("inventory_dir"),
+            own.get("flaskstack_apps", role_defaults["flaskstack_apps"]),
+            own.get("flaskstack_app_defaults", role_defaults["flaskstack_app_defaults"]),
+            others=others,
+            project=project,
+        )
+    return found
 
 
 def state_paths(apps, defaults, root, config_dir, run_dir):
@@ -104,7 +139,7 @@ class FilterModule:
             "flaskstack_git_note": git_note,
             "flaskstack_host": host,
             "flaskstack_host_errors": host_errors,
-            "flaskstack_inputs": inputs,
+            "flaskstack_inputs_by_host": inputs_by_host,
             "flaskstack_root_login": root_login,
             "flaskstack_state_paths": state_paths,
             "flaskstack_sysctl": sysctl,
