@@ -164,6 +164,19 @@ def test_every_hosts_digest_made_at_once_is_each_hosts_own():
     groups["flaskstack_db"] = ["db"]
     found = filters.inputs_by_host(hostvars, ["db"], groups, role_defaults)
     assert found["db"] == filters.inputs(hostvars, "db", groups, inventory, [], defaults) != ""
+    # As the task on app1 sees them: the same. Apps hostvars cannot see (a play's vars): no
+    # digest for any host, so none is skipped.
+    every = ["app1", "app2", "lb"]
+    seen = {"flaskstack_apps": [app], "flaskstack_app_defaults": defaults}
+    assert filters.inputs_by_host(hostvars, every, groups, role_defaults, here="app1", seen=seen) == {
+        host: filters.inputs_by_host(hostvars, every, groups, role_defaults)[host] for host in every
+    }
+    play_vars = {**seen, "flaskstack_apps": [app, sample_app("other")]}
+    assert filters.inputs_by_host(hostvars, every, groups, role_defaults, here="app1", seen=play_vars) == {
+        "app1": "",
+        "app2": "",
+        "lb": "",
+    }
 
 
 def run_module(args: dict) -> dict:

@@ -102,27 +102,38 @@ def inputs(hostvars, host, groups, inventory_dir, apps, defaults, others=None, p
     )
 
 
-def inputs_by_host(hostvars, hosts, groups, role_defaults):
+def inputs_by_host(hostvars, hosts, groups, role_defaults, here=None, seen=None):
     """inputs() of each of hosts, in one task run on the control node (unchanged.yml runs it
     once for the play): a task costs each host its own process, and processes that template
     the same password lookup at once wait a whole second for its lock. Each host's apps and
     app defaults are its own (hostvars holds no role defaults: role_defaults, the flaskstack
-    role's defaults file, stands in where the inventory sets none)."""
+    role's defaults file, stands in where the inventory sets none). seen: those two as the
+    task running this on host here sees them; set where hostvars cannot see them (a play's
+    vars, a role's parameters), every host gets no digest, and every task runs."""
+
+    def own(host, name):
+        return hostvars[host].get(name, role_defaults[name])
+
+    if here is not None and any(
+        unchanged.templated(lambda name=name: own(here, name))
+        != unchanged.templated(lambda value=value: value)
+        for name, value in (seen or {}).items()
+    ):
+        return dict.fromkeys(hosts, "")
     others, project = _others(hostvars, groups), unchanged.project_digest()
-    found = {}
-    for host in hosts:
-        own = hostvars[host]
-        found[host] = inputs(
+    return {
+        host: inputs(
             hostvars,
             host,
             groups,
-            own.get("inventory_dir"),
-            own.get("flaskstack_apps", role_defaults["flaskstack_apps"]),
-            own.get("flaskstack_app_defaults", role_defaults["flaskstack_app_defaults"]),
+            hostvars[host].get("inventory_dir"),
+            own(host, "flaskstack_apps"),
+            own(host, "flaskstack_app_defaults"),
             others=others,
             project=project,
         )
-    return found
+        for host in hosts
+    }
 
 
 def state_paths(apps, defaults, root, config_dir, run_dir):
