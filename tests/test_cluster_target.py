@@ -192,6 +192,36 @@ def test_a_second_run_changes_nothing(cluster):
         assert on_target("test ! -e /srv/hello", port=port, check=False).returncode == 0
 
 
+def test_the_next_run_skips_each_host_as_it_was_left_and_only_those(cluster):
+    """After a complete run, the next finds each of the six hosts as it left them and skips
+    them all, in one message (every host's digest is made at once, on the control node); a
+    host changed by hand since then (app2) gets every task, and the other five are skipped."""
+    said = re.compile(r"(\w+): '(Nothing to do|Every task runs): ([^']*(?:''[^']*)*)'")
+
+    def verdicts(output: str) -> dict[str, str]:
+        return {host: verdict for host, verdict, _ in said.findall(" ".join(output.split()))}
+
+    hosts = (*LBS, *APP_HOSTS, "db")
+    nothing = run(str(BIN / "ansible-playbook"), "site.yml", "-i", "inventory/cluster")
+    assert nothing.returncode == 0, nothing.output[-3000:]
+    assert verdicts(nothing.output) == dict.fromkeys(hosts, "Nothing to do"), nothing.output[-3000:]
+    assert "facts | Read the host's facts" not in nothing.output
+    on_target("touch /etc/flaskstack-test-by-hand", port=2242)  # app2
+    try:
+        again = run(str(BIN / "ansible-playbook"), "site.yml", "-i", "inventory/cluster")
+        assert again.returncode == 0, again.output[-3000:]
+        assert verdicts(again.output) == {
+            **dict.fromkeys(hosts, "Nothing to do"),
+            "app2": "Every task runs",
+        }, again.output[-3000:]
+        flat = " ".join(again.output.split())
+        assert "/etc/flaskstack-test-by-hand is new" in flat, again.output[-3000:]
+        for host in hosts:
+            assert re.search(rf"{host}\s*:\s*ok=\d+\s+changed=0", again.output), again.output[-3000:]
+    finally:
+        on_target("rm -f /etc/flaskstack-test-by-hand", port=2242)
+
+
 def test_fab_status_shows_each_app_host_in_the_pool(cluster):
     result = fab("status", "-i", INVENTORY)
     assert result.returncode == 0, result.output
