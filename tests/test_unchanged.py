@@ -171,6 +171,11 @@ def test_every_hosts_digest_made_at_once_is_each_hosts_own():
     assert filters.inputs_by_host(hostvars, every, groups, role_defaults, here="app1", seen=seen) == {
         host: filters.inputs_by_host(hostvars, every, groups, role_defaults)[host] for host in every
     }
+    # A host whose apps cannot be read (a variable undefined for it alone) gets no digest, and
+    # the others theirs (counting its apps by their error): its own checks say what is wrong.
+    broken = {**hostvars, "lb": Vars({**hostvars["lb"], "flaskstack_apps": KeyError("vault_lb_only")})}
+    found = filters.inputs_by_host(broken, every, groups, role_defaults)
+    assert found["lb"] == "" and found["app1"] and found["app2"], found
     play_vars = {**seen, "flaskstack_apps": [app, sample_app("other")]}
     assert filters.inputs_by_host(hostvars, every, groups, role_defaults, here="app1", seen=play_vars) == {
         "app1": "",

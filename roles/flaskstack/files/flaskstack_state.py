@@ -213,7 +213,10 @@ def compare(record, inputs, now, max_age, clock=time.time):
         hours = int(age // 3600)
         return False, f"the last complete run was {hours} h ago (flaskstack_skip_unchanged_for: {max_age} s)"
     if not inputs:
-        return False, "no digest of this run's inputs (the app model refused them)"
+        return False, (
+            "no digest of this run's inputs (the app model refused them, they could not be read, "
+            "or the apps were given where the digest cannot see them, such as a play's vars)"
+        )
     if record.get("inputs") != inputs:
         return (
             False,

@@ -109,7 +109,11 @@ def inputs_by_host(hostvars, hosts, groups, role_defaults, here=None, seen=None)
     app defaults are its own (hostvars holds no role defaults: role_defaults, the flaskstack
     role's defaults file, stands in where the inventory sets none). seen: those two as the
     task running this on host here sees them; set where hostvars cannot see them (a play's
-    vars, a role's parameters), every host gets no digest, and every task runs."""
+    vars, a role's parameters), every host gets no digest, and every task runs. Only here's
+    view can be compared: such vars that differ from host to host yet agree with hostvars on
+    here go unseen (site.yml's plays set none). A host whose apps cannot be read (a variable
+    undefined for it alone) gets no digest: the inventory's checks then say what is wrong,
+    on that host, where this task would fail every host in the name of the one running it."""
 
     def own(host, name):
         return hostvars[host].get(name, role_defaults[name])
@@ -121,19 +125,22 @@ def inputs_by_host(hostvars, hosts, groups, role_defaults, here=None, seen=None)
     ):
         return dict.fromkeys(hosts, "")
     others, project = _others(hostvars, groups), unchanged.project_digest()
-    return {
-        host: inputs(
-            hostvars,
-            host,
-            groups,
-            hostvars[host].get("inventory_dir"),
-            own(host, "flaskstack_apps"),
-            own(host, "flaskstack_app_defaults"),
-            others=others,
-            project=project,
-        )
-        for host in hosts
-    }
+    found = {}
+    for host in hosts:
+        try:
+            found[host] = inputs(
+                hostvars,
+                host,
+                groups,
+                hostvars[host].get("inventory_dir"),
+                own(host, "flaskstack_apps"),
+                own(host, "flaskstack_app_defaults"),
+                others=others,
+                project=project,
+            )
+        except Exception:  # noqa: BLE001 - any error templating this host's apps: its checks name it
+            found[host] = ""
+    return found
 
 
 def state_paths(apps, defaults, root, config_dir, run_dir):
