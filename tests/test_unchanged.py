@@ -134,8 +134,6 @@ def test_every_hosts_digest_made_at_once_is_each_hosts_own():
     each host's is what the one-host filter makes with that host's apps and app defaults,
     the role's defaults where its inventory sets none (hostvars holds no role defaults), its
     own where it does; a host whose apps the model refuses gets ""."""
-    import yaml
-
     role_defaults = yaml.safe_load((ROOT / "roles/flaskstack/defaults/main.yml").read_text())
     defaults, app = app_defaults(), sample_app("hello")
     # Its own defaults leave the migrations out of its release: its source digest differs.
