@@ -54,15 +54,25 @@ def wait_done(host, address: str, job: str, seconds: float) -> dict:
         time.sleep(1)
 
 
-def playbook(path: str, *args: str) -> subprocess.CompletedProcess:
-    """ansible-playbook on the scenario's hosts, as a user runs it; it must succeed."""
-    result = subprocess.run(
-        [ROOT / ".venv/bin/ansible-playbook", path, "-i", os.environ["MOLECULE_INVENTORY_FILE"], *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-        env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    return result
+WORKERS = 4  # two on each host (count: 2)
+
+
+def workers_answer(host, seconds: float) -> None:
+    """Wait until every worker of both hosts answers a ping through the broker (the app's own
+    Celery, run as the app). A worker whose connection to Redis went stale (Redis restarted,
+    or an address filter dropped its packets) can take a job off the queue and lose it with
+    the connection: Redis' lists are at-most-once. A test's job waits for all of them."""
+    deadline = time.monotonic() + seconds
+    while True:
+        out = host.run(
+            "flaskstack-release run hello -- celery -A hello.make_celery inspect ping --timeout 3 --json"
+        ).stdout
+        replies = [line for line in out.splitlines() if line.startswith("{")]
+        answered = json.loads(replies[-1]) if replies else {}
+        if len(answered) == WORKERS:
+            return
+        assert time.monotonic() < deadline, f"only {sorted(answered)} of {WORKERS} workers answer"
+        time.sleep(2)
 
 
 def live_release(host) -> str:
@@ -226,20 +236,23 @@ def test_a_host_that_is_no_app_host_cannot_reach_redis(host, name):
             pass
         assert time.monotonic() < deadline, "jobs did not flow again after Redis restarted"
         time.sleep(2)
+    # And every worker of both hosts is back on the broker, w2's (whose packets were dropped)
+    # too.
+    workers_answer(host, 90)
 
 
 def test_a_deploy_that_moves_the_scheduler_while_a_job_runs(w2, tmp_path):
     """The user's path: ansible-playbook with a new release of the app, and the scheduler
     moved from w2 to w1 (flaskstack_scheduler_host), while a worker runs a 20-second job.
-    The job is not killed: it finishes on the release it started on, and the next job runs
+    The job is queued as the activation begins, so its worker is asked to stop while it
+    runs: it is not killed, it finishes on the release it started on, and the next job runs
     on the new one. w2 stops Celery beat and its one-host timer before w1 starts them."""
     from testinfra import get_host
 
     w1 = get_host(f"ansible://{W1}", ansible_inventory=w2.backend.ansible_inventory)
+    hosts = {W1: w1, W2: w2}
+    workers_answer(w2, 90)
     before = live_release(w2)
-    status, long_job = ask(w2, ADDRESS[W2], "/jobs", {"numbers": [1], "seconds": 20})
-    assert status == 202
-    time.sleep(2)  # taken by a worker
     sys.path.insert(0, str(ROOT))
     from bench.appvariants import variant
 
@@ -253,12 +266,36 @@ def test_a_deploy_that_moves_the_scheduler_while_a_job_runs(w2, tmp_path):
     (tmp_path / "vars.json").write_text(
         json.dumps({"flaskstack_apps": apps, "flaskstack_scheduler_host": W1})
     )
-    playbook("playbooks/deploy.yml", "-e", f"@{tmp_path / 'vars.json'}")
+    deploy = subprocess.Popen(
+        [ROOT / ".venv/bin/ansible-playbook", "playbooks/deploy.yml",
+         "-i", os.environ["MOLECULE_INVENTORY_FILE"], "-e", f"@{tmp_path / 'vars.json'}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    output, long_job = [], None
+    try:
+        for line in deploy.stdout:
+            output.append(line)
+            # Each host's check and migration come before its switch: a job queued now runs
+            # when its worker is asked to stop.
+            if long_job is None and "TASK [app : activate | Switch each app to its release" in line:
+                status, long_job = ask(w2, ADDRESS[W2], "/jobs", {"numbers": [1], "seconds": 20})
+                assert status == 202, long_job
+        assert deploy.wait(timeout=900) == 0, "".join(output)[-4000:]
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+    assert long_job is not None, "".join(output)[-4000:]
     after = live_release(w2)
     assert after != before
     done = wait_done(w2, ADDRESS[W2], long_job["id"], 60)
     assert done["state"] == "SUCCESS", done
     assert done["result"]["release"] == before  # it ran to its end on the old release
+    # ... after its worker was asked to stop: the deploy waited for it, nothing killed it.
+    ran_on = hosts[done["result"]["host"]]
+    journal = "journalctl -o short-unix --no-pager -t systemd"
+    stopping = ran_on.check_output(f"{journal} | grep 'Stopping hello-worker@' | tail -1")
+    assert done["result"]["started"] < float(stopping.split()[0]) < done["result"]["finished"], stopping
     status, next_job = ask(w2, ADDRESS[W2], "/jobs", {"numbers": [2, 2]})
     assert status == 202
     done = wait_done(w2, ADDRESS[W2], next_job["id"], 30)
