@@ -57,7 +57,9 @@ def wait_done(host, address: str, job: str, seconds: float) -> dict:
 
 # Every Celery worker of the scenario: two on each host (count: 2).
 WORKERS = {f"worker{n}@{host}" for n in (1, 2) for host in (W1, W2)}
-CELERY = "flaskstack-release run hello -- celery -A hello.make_celery"
+# A command as the app runs one (its user, environment and release).
+AS_APP = "flaskstack-release run hello --"
+CELERY = f"{AS_APP} celery -A hello.make_celery"
 
 
 def workers_answer(host, seconds: float) -> None:
@@ -70,8 +72,9 @@ def workers_answer(host, seconds: float) -> None:
         result = host.run(f"{CELERY} inspect ping --timeout 3 --json")
         answered = set()
         for line in result.stdout.splitlines():
-            with contextlib.suppress(ValueError):
-                answered = set(json.loads(line)) if line.startswith("{") else answered
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    answered = set(json.loads(line))
         if answered >= WORKERS:
             return
         assert time.monotonic() < deadline, (
@@ -88,7 +91,7 @@ def job_evidence(w1, w2, since: float) -> str:
         "print('queued', r.llen('celery'), 'unacked', r.hlen('unacked'))"
     )
     said = [
-        w1.run(f"flaskstack-release run hello -- python -c {shlex.quote(count)}").stdout,
+        w1.run(f"{AS_APP} python -c {shlex.quote(count)}").stdout,
         w1.run(f"{CELERY} inspect active --timeout 3 --json").stdout,
         w1.run(f"{CELERY} inspect reserved --timeout 3 --json").stdout,
     ]
@@ -99,6 +102,16 @@ def job_evidence(w1, w2, since: float) -> str:
             ).stdout
         )
     return "\n".join(said)
+
+
+def systemd_logged(target, text: str, *, since: float = 0, first: bool = False) -> float:
+    """When systemd on a host last (first: first, since a time) logged a line with text."""
+    pick = "head -1" if first else "tail -1"
+    out = target.check_output(
+        f"journalctl -o short-unix --no-pager -t systemd --since @{int(since)} | grep '{text}' | {pick}"
+    )
+    assert out, f"systemd logged no '{text}' on {target.backend.get_hostname()}"
+    return float(out.split()[0])
 
 
 def live_release(host) -> str:
@@ -289,12 +302,8 @@ def test_a_deploy_that_moves_the_scheduler_while_a_job_runs(w2, tmp_path):
     # ... after its worker was asked to stop: the deploy waited for it, nothing killed it.
     # (Both workers of a host are asked in one call: the first line is theirs.)
     ran_on = hosts[done["result"]["host"]]
-    stopping = ran_on.check_output(
-        f"journalctl -o short-unix --no-pager -t systemd --since @{int(queued)}"
-        " | grep 'Stopping hello-worker@' | head -1"
-    )
-    assert stopping, "no worker was asked to stop on the host that ran the job"
-    assert done["result"]["started"] < float(stopping.split()[0]) < done["result"]["finished"], stopping
+    stopping = systemd_logged(ran_on, "Stopping hello-worker@", since=queued, first=True)
+    assert done["result"]["started"] < stopping < done["result"]["finished"], stopping
     status, next_job = ask(w2, ADDRESS[W2], "/jobs", {"numbers": [2, 2]})
     assert status == 202
     done = wait_done(w2, ADDRESS[W2], next_job["id"], 30)
@@ -306,12 +315,8 @@ def test_a_deploy_that_moves_the_scheduler_while_a_job_runs(w2, tmp_path):
     assert not w2.service("hello-scheduler@1.service").is_running
     assert not w2.file("/etc/systemd/system/hello-purge.timer").exists
 
-    def last(target, verb: str) -> float:
-        journal = "journalctl -o short-unix --no-pager -t systemd"
-        out = target.check_output(f"{journal} | grep '{verb} hello-scheduler@1.service' | tail -1")
-        return float(out.split()[0])
-
-    assert last(w2, "Stopped") < last(w1, "Started")
+    stopped = systemd_logged(w2, "Stopped hello-scheduler@1.service")
+    assert stopped < systemd_logged(w1, "Started hello-scheduler@1.service")
 
 
 # Last: Redis restarted twice under the app, and w2's packets dropped for a while. Workers
