@@ -1,4 +1,4 @@
-"""The host role's flaskstack_files module (roles/host/library): many files and lines in one run.
+"""The flaskstack_files module (roles/flaskstack/library): many files and lines in one run.
 
 Run through Ansible itself (ad hoc, on this machine), as a task runs it: check mode, diff,
 a second run that changes nothing, lineinfile's rule for lines, and a clear failure.
@@ -7,6 +7,7 @@ a second run that changes nothing, lineinfile's rule for lines, and a clear fail
 from __future__ import annotations
 
 import os
+import pwd
 
 import pytest
 
@@ -14,7 +15,7 @@ from tests.targets import module_here
 
 
 def files_module(args: dict, *flags: str) -> dict:
-    return module_here("host", "flaskstack_files", args, *flags)
+    return module_here("flaskstack", "flaskstack_files", args, *flags)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="writes files owned by root, as on a host")
@@ -58,3 +59,33 @@ def test_lines_in_a_missing_file_fail_and_name_it(tmp_path):
     result = files_module({"lines": [{"path": str(missing), "regexp": "^x", "line": "x"}]})
     assert result.get("failed") is True
     assert f"{missing} does not exist" in result["msg"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives files to other users, as on a host")
+def test_a_file_gets_its_owner_and_group_and_a_missing_one_is_named(tmp_path):
+    """As an app's env file (root:<app> 0640) or Redis' settings (redis:redis): the owner and
+    group are set, and put back when changed by hand. A group that does not exist fails the
+    run naming the file and the group; in check mode it is only reported (on a fresh host
+    the run would have made the app's group by then)."""
+    settings = tmp_path / "app.env"
+    args = {
+        "files": [
+            {"path": str(settings), "content": "A=1\n", "mode": "0640", "owner": "daemon", "group": "daemon"}
+        ]
+    }
+    assert files_module(args)["changed_paths"] == [str(settings)]
+    daemon = pwd.getpwnam("daemon")
+    assert (settings.stat().st_uid, settings.stat().st_gid) == (daemon.pw_uid, daemon.pw_gid)
+    os.chown(settings, 0, 0)
+    assert files_module(args)["changed_paths"] == [str(settings)]
+    assert (settings.stat().st_uid, settings.stat().st_gid) == (daemon.pw_uid, daemon.pw_gid)
+    assert files_module(args)["changed"] is False
+
+    missing = {"files": [{**args["files"][0], "group": "no-such-group-here"}]}
+    checked = files_module(missing, "--check")
+    assert checked["changed_paths"] == [str(settings)] and not checked.get("failed"), checked
+    failed = files_module(missing)
+    assert (
+        failed.get("failed") is True and f"{settings}: no group named no-such-group-here" in failed["msg"]
+    ), failed
+    assert (settings.stat().st_uid, settings.stat().st_gid) == (daemon.pw_uid, daemon.pw_gid)

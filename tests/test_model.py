@@ -148,8 +148,9 @@ def test_roles_hold_no_template_and_every_template_is_used():
     named = set()
     for tasks in (ROOT / "roles").rglob("*.yml"):
         text = tasks.read_text()
-        # A lookup of its own, or an entry of a list of files rendered by one task.
-        named |= set(re.findall(r"flaskstack_template', '([^']+\.j2)'", text))
+        # A lookup of its own, or an entry of a list of files rendered by one task (a string in
+        # its Jinja, or a YAML entry).
+        named |= set(re.findall(r"'([\w./-]+\.j2)'", text))
         named |= set(re.findall(r"\{path: \S+, template: ([\w./-]+\.j2),", text))
     # The app server's settings file is named by the model: one per server.
     named |= {f"etc/flaskstack/app/{name}.j2" for name in model.SERVER_CONFIG.values()}

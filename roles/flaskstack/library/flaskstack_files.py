@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import tempfile
 
@@ -14,10 +16,14 @@ module: flaskstack_files
 short_description: Write many small files and set lines in existing ones, in one run
 description:
   - The host role's settings are a dozen small files and a few lines in files the
-    distribution owns. One task per file costs a module run each (about half a second on
-    a host, more under load); this module does them all in one, with check mode and diff.
+    distribution owns; the app server role's are each app's settings and units; the app,
+    nginx, PostgreSQL and Redis roles have their tools' code and settings. One task per
+    file costs a module run each (the template action runs two: stat, then copy or file;
+    about half a second on a host, more under load); this module does them all in one,
+    with check mode and diff (of content: owner and mode changes are reported by path).
   - Each file in O(files) is written whole (atomically: a temporary file in the same
-    folder, then renamed), its missing parent folders made root's with mode 0755.
+    folder, then renamed), with the given owner, group and mode, its missing parent
+    folders made root's with mode 0755.
   - Each entry of O(lines) works as M(ansible.builtin.lineinfile) with O(regexp) and
     O(line) does: the last line that matches is replaced, or the line is added at the end.
 options:
@@ -30,6 +36,8 @@ options:
       path: {description: Absolute path., type: path, required: true}
       content: {description: The whole content., type: str, required: true}
       mode: {description: Octal mode as a string., type: str, default: "0644"}
+      owner: {description: The file's owner (a name)., type: str, default: root}
+      group: {description: The file's group (a name)., type: str, default: root}
   lines:
     description: Lines set in existing files.
     type: list
@@ -81,13 +89,13 @@ def _make_parents(path):
         os.chown(folder, 0, 0)
 
 
-def _write(path, content, mode):
+def _write(path, content, mode, uid, gid):
     tmp_fd, tmp_path = tempfile.mkstemp(prefix=".flaskstack-", dir=os.path.dirname(path))
     try:
         with os.fdopen(tmp_fd, "w", encoding="utf-8") as handle:
             handle.write(content)
+        os.chown(tmp_path, uid, gid)
         os.chmod(tmp_path, mode)
-        os.chown(tmp_path, 0, 0)
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
@@ -121,6 +129,8 @@ def main():
                     "path": {"type": "path", "required": True},
                     "content": {"type": "str", "required": True},
                     "mode": {"type": "str", "default": "0644"},
+                    "owner": {"type": "str", "default": "root"},
+                    "group": {"type": "str", "default": "root"},
                 },
             },
             "lines": {
@@ -137,9 +147,25 @@ def main():
         supports_check_mode=True,
     )
 
-    wanted = {}  # path -> (content, mode or None to keep)
+    wanted = {}  # path -> (content, (mode, owner's id, group's id), or None to keep them)
     for entry in module.params["files"]:
-        wanted[entry["path"]] = (entry["content"], int(entry["mode"], 8))
+        ids = []
+        for kind, find in (
+            ("owner", lambda name: pwd.getpwnam(name).pw_uid),
+            ("group", lambda name: grp.getgrnam(name).gr_gid),
+        ):
+            try:
+                ids.append(find(entry[kind]))
+            except KeyError:
+                # In check mode an app's user or group may not exist yet (a run would make it).
+                if not module.check_mode:
+                    module.fail_json(msg=f"{entry['path']}: no {kind} named {entry[kind]}")
+                ids.append(-1)
+        try:
+            mode = int(entry["mode"], 8)
+        except ValueError:
+            module.fail_json(msg=f"{entry['path']}: mode {entry['mode']!r} is not an octal number")
+        wanted[entry["path"]] = (entry["content"], (mode, *ids))
     edits = {}
     for entry in module.params["lines"]:
         edits.setdefault(entry["path"], []).append((entry["regexp"], entry["line"]))
@@ -147,24 +173,25 @@ def main():
         before = wanted[path][0] if path in wanted else _read(path)
         if before is None:
             module.fail_json(msg=f"{path} does not exist: its lines cannot be set")
-        mode = wanted[path][1] if path in wanted else None
-        wanted[path] = (_set_lines(before, file_edits), mode)
+        attrs = wanted[path][1] if path in wanted else None
+        wanted[path] = (_set_lines(before, file_edits), attrs)
 
     changed_paths, diffs = [], []
-    for path, (content, mode) in wanted.items():
+    for path, (content, attrs) in wanted.items():
         before = _read(path)
         stat = os.stat(path) if before is not None else None
         content_changed = before != content
-        # A whole file is root's with its mode; a file only edited keeps its own (as lineinfile).
+        # A whole file gets its mode, owner and group; a file only edited keeps its own (as
+        # lineinfile).
         attrs_changed = (
             stat is not None
-            and mode is not None
-            and ((stat.st_mode & 0o7777) != mode or (stat.st_uid, stat.st_gid) != (0, 0))
+            and attrs is not None
+            and (stat.st_mode & 0o7777, stat.st_uid, stat.st_gid) != attrs
         )
         if not content_changed and not attrs_changed:
             continue
         changed_paths.append(path)
-        if content_changed:
+        if content_changed and module._diff:
             diffs.append(
                 {
                     "before_header": path if before is not None else "/dev/null",
@@ -177,10 +204,12 @@ def main():
             continue
         if content_changed:
             _make_parents(path)
-            _write(path, content, mode if mode is not None else stat.st_mode & 0o7777)
+            if attrs is None:
+                attrs = (stat.st_mode & 0o7777, stat.st_uid, stat.st_gid)
+            _write(path, content, *attrs)
         else:
-            os.chmod(path, mode)
-            os.chown(path, 0, 0)
+            os.chown(path, attrs[1], attrs[2])
+            os.chmod(path, attrs[0])
 
     module.exit_json(changed=bool(changed_paths), changed_paths=changed_paths, diff=diffs)
 
