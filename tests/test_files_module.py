@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import sys
 
 import pytest
 
@@ -89,3 +90,47 @@ def test_a_file_gets_its_owner_and_group_and_a_missing_one_is_named(tmp_path):
         failed.get("failed") is True and f"{settings}: no group named no-such-group-here" in failed["msg"]
     ), failed
     assert (settings.stat().st_uid, settings.stat().st_gid) == (daemon.pw_uid, daemon.pw_gid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="writes files owned by root, as on a host")
+def test_absent_paths_go_first_a_file_that_fails_its_check_stays_and_links_are_made(tmp_path):
+    """As nginx's sites: a disabled site removed, each file checked by a command before it
+    replaces the live one (a failed check names the file and leaves it as it was), and each
+    site enabled by a link, pointed again when it points elsewhere."""
+    available, enabled = tmp_path / "available", tmp_path / "enabled"
+    available.mkdir()
+    enabled.mkdir()
+    (available / "old.conf").write_text("old\n")
+    (enabled / "old.conf").symlink_to(available / "old.conf")
+    (enabled / "site.conf").symlink_to(available / "old.conf")
+    site = available / "site.conf"
+    site.write_text("live\n")
+    # The check refuses content that says "broken".
+    check = f'{sys.executable} -c \'import sys; sys.exit(b"broken" in open(sys.argv[1], "rb").read())\' %s'
+    args = {
+        "absent": [str(enabled / "old.conf"), str(available / "old.conf"), str(tmp_path / "never-there")],
+        "files": [{"path": str(site), "content": "broken\n", "validate": check}],
+        "links": [{"path": str(enabled / "site.conf"), "src": str(site)}],
+    }
+
+    failed = files_module(args)
+    assert failed.get("failed") is True and f"{site} failed to validate" in failed["msg"], failed
+    assert site.read_text() == "live\n" and not [p for p in available.iterdir() if p.name.startswith(".")]
+    assert not (available / "old.conf").exists(), "absent paths go first"
+
+    args["files"][0]["content"] = "new\n"
+    checked = files_module(args, "--check")
+    assert checked["changed_paths"] == [str(site), str(enabled / "site.conf")], checked
+    assert site.read_text() == "live\n" and os.readlink(enabled / "site.conf") == str(available / "old.conf")
+    done = files_module(args)
+    assert done["changed_paths"] == [str(site), str(enabled / "site.conf")], done
+    assert site.read_text() == "new\n" and os.readlink(enabled / "site.conf") == str(site)
+    assert files_module(args)["changed"] is False
+
+    # A file where a link should be stops the run before anything changes.
+    (enabled / "site.conf").unlink()
+    (enabled / "site.conf").write_text("a file, not a link\n")
+    args["files"][0]["content"] = "newer\n"
+    refused = files_module(args)
+    assert refused.get("failed") is True and "is not a link" in refused["msg"], refused
+    assert site.read_text() == "new\n"

@@ -7,6 +7,7 @@ import grp
 import os
 import pwd
 import re
+import shlex
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
@@ -26,7 +27,14 @@ description:
     folders made root's with mode 0755.
   - Each entry of O(lines) works as M(ansible.builtin.lineinfile) with O(regexp) and
     O(line) does: the last line that matches is replaced, or the line is added at the end.
+  - In this order: the paths in O(absent) are removed, the files written (each that
+    changes validated first, when it has a command to), the O(links) made.
 options:
+  absent:
+    description: Files or links removed (not folders).
+    type: list
+    elements: path
+    default: []
   files:
     description: Files written whole.
     type: list
@@ -38,6 +46,20 @@ options:
       mode: {description: Octal mode as a string., type: str, default: "0644"}
       owner: {description: The file's owner (a name)., type: str, default: root}
       group: {description: The file's group (a name)., type: str, default: root}
+      validate:
+        description:
+          - A command run on the new content before it replaces the file (C(%s), its
+            temporary path, is required); if it fails, the module fails with its output and
+            the file stays as it was (what this run removed or wrote before it stays so).
+        type: str
+  links:
+    description: Symbolic links made, or pointed again (a file in their place is an error).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path: {description: The link., type: path, required: true}
+      src: {description: What it points to., type: path, required: true}
   lines:
     description: Lines set in existing files.
     type: list
@@ -62,7 +84,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changed_paths:
-  description: The files this run wrote or would write (in check mode).
+  description: The files and links this run wrote or removed, or would (in check mode).
   type: list
   elements: str
   returned: always
@@ -89,13 +111,21 @@ def _make_parents(path):
         os.chown(folder, 0, 0)
 
 
-def _write(path, content, mode, uid, gid):
+def _write(module, path, content, attrs, validate):
     tmp_fd, tmp_path = tempfile.mkstemp(prefix=".flaskstack-", dir=os.path.dirname(path))
     try:
         with os.fdopen(tmp_fd, "w", encoding="utf-8") as handle:
             handle.write(content)
-        os.chown(tmp_path, uid, gid)
-        os.chmod(tmp_path, mode)
+        os.chown(tmp_path, attrs[1], attrs[2])
+        os.chmod(tmp_path, attrs[0])
+        if validate:
+            argv = [arg.replace("%s", tmp_path) for arg in shlex.split(validate)]
+            rc, out, err = module.run_command(argv)
+            if rc != 0:
+                os.unlink(tmp_path)
+                module.fail_json(
+                    msg=f"{path} failed to validate (rc {rc}), left as it was: {(err or out).strip()}"
+                )
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
@@ -131,8 +161,19 @@ def main():
                     "mode": {"type": "str", "default": "0644"},
                     "owner": {"type": "str", "default": "root"},
                     "group": {"type": "str", "default": "root"},
+                    "validate": {"type": "str"},
                 },
             },
+            "links": {
+                "type": "list",
+                "elements": "dict",
+                "default": [],
+                "options": {
+                    "path": {"type": "path", "required": True},
+                    "src": {"type": "path", "required": True},
+                },
+            },
+            "absent": {"type": "list", "elements": "path", "default": []},
             "lines": {
                 "type": "list",
                 "elements": "dict",
@@ -148,6 +189,7 @@ def main():
     )
 
     wanted = {}  # path -> (content, (mode, owner's id, group's id), or None to keep them)
+    validates = {}  # path -> its validate command, if any
     for entry in module.params["files"]:
         ids = []
         for kind, find in (
@@ -166,6 +208,7 @@ def main():
         except ValueError:
             module.fail_json(msg=f"{entry['path']}: mode {entry['mode']!r} is not an octal number")
         wanted[entry["path"]] = (entry["content"], (mode, *ids))
+        validates[entry["path"]] = entry["validate"]
     edits = {}
     for entry in module.params["lines"]:
         edits.setdefault(entry["path"], []).append((entry["regexp"], entry["line"]))
@@ -176,7 +219,31 @@ def main():
         attrs = wanted[path][1] if path in wanted else None
         wanted[path] = (_set_lines(before, file_edits), attrs)
 
+    # What would stop the run half-way is refused before anything changes.
+    for entry in module.params["files"]:
+        if entry["validate"] is not None and "%s" not in entry["validate"]:
+            module.fail_json(msg=f"{entry['path']}: its validate command has no %s (the new content's path)")
+    for path in module.params["absent"]:
+        if os.path.isdir(path) and not os.path.islink(path):
+            module.fail_json(msg=f"{path} is a folder: only files and links are removed")
+    for entry in module.params["links"]:
+        if os.path.lexists(entry["path"]) and not os.path.islink(entry["path"]):
+            module.fail_json(
+                msg=f"{entry['path']} exists and is not a link: it cannot become a link to {entry['src']}"
+            )
+
     changed_paths, diffs = [], []
+    for path in module.params["absent"]:
+        if not os.path.lexists(path):
+            continue
+        changed_paths.append(path)
+        if module._diff:
+            diffs.append(
+                {"before_header": path, "after_header": path, "before": "present\n", "after": "absent\n"}
+            )
+        if not module.check_mode:
+            os.unlink(path)
+
     for path, (content, attrs) in wanted.items():
         before = _read(path)
         stat = os.stat(path) if before is not None else None
@@ -206,10 +273,33 @@ def main():
             _make_parents(path)
             if attrs is None:
                 attrs = (stat.st_mode & 0o7777, stat.st_uid, stat.st_gid)
-            _write(path, content, *attrs)
+            _write(module, path, content, attrs, validates.get(path))
         else:
             os.chown(path, attrs[1], attrs[2])
             os.chmod(path, attrs[0])
+
+    for entry in module.params["links"]:
+        path, src = entry["path"], entry["src"]
+        if os.path.islink(path) and os.readlink(path) == src:
+            continue
+        changed_paths.append(path)
+        if module._diff:
+            before = f"link to {os.readlink(path)}\n" if os.path.islink(path) else ""
+            diffs.append(
+                {"before_header": path, "after_header": path, "before": before, "after": f"link to {src}\n"}
+            )
+        if module.check_mode:
+            continue
+        _make_parents(path)
+        tmp_path = os.path.join(os.path.dirname(path), f".flaskstack-link-{os.getpid()}")
+        if os.path.lexists(tmp_path):
+            os.unlink(tmp_path)
+        os.symlink(src, tmp_path)
+        try:
+            os.replace(tmp_path, path)
+        except BaseException:
+            os.unlink(tmp_path)
+            raise
 
     module.exit_json(changed=bool(changed_paths), changed_paths=changed_paths, diff=diffs)
 
