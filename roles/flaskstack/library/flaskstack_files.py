@@ -148,42 +148,31 @@ def _set_lines(text, edits):
     return "".join(lines)
 
 
+def _entries(**options):
+    """An option that is a list of entries, each with these options."""
+    return {"type": "list", "elements": "dict", "default": [], "options": options}
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
-            "files": {
-                "type": "list",
-                "elements": "dict",
-                "default": [],
-                "options": {
-                    "path": {"type": "path", "required": True},
-                    "content": {"type": "str", "required": True},
-                    "mode": {"type": "str", "default": "0644"},
-                    "owner": {"type": "str", "default": "root"},
-                    "group": {"type": "str", "default": "root"},
-                    "validate": {"type": "str"},
-                },
-            },
-            "links": {
-                "type": "list",
-                "elements": "dict",
-                "default": [],
-                "options": {
-                    "path": {"type": "path", "required": True},
-                    "src": {"type": "path", "required": True},
-                },
-            },
+            "files": _entries(
+                path={"type": "path", "required": True},
+                content={"type": "str", "required": True},
+                mode={"type": "str", "default": "0644"},
+                owner={"type": "str", "default": "root"},
+                group={"type": "str", "default": "root"},
+                validate={"type": "str"},
+            ),
+            "links": _entries(
+                path={"type": "path", "required": True}, src={"type": "path", "required": True}
+            ),
             "absent": {"type": "list", "elements": "path", "default": []},
-            "lines": {
-                "type": "list",
-                "elements": "dict",
-                "default": [],
-                "options": {
-                    "path": {"type": "path", "required": True},
-                    "regexp": {"type": "str", "required": True},
-                    "line": {"type": "str", "required": True},
-                },
-            },
+            "lines": _entries(
+                path={"type": "path", "required": True},
+                regexp={"type": "str", "required": True},
+                line={"type": "str", "required": True},
+            ),
         },
         supports_check_mode=True,
     )
