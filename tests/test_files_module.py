@@ -6,13 +6,15 @@ a second run that changes nothing, lineinfile's rule for lines, and a clear fail
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import subprocess
 import sys
 
 import pytest
 
-from tests.targets import module_here
+from tests.targets import BIN, ROOT, module_here
 
 
 def files_module(args: dict, *flags: str) -> dict:
@@ -53,6 +55,11 @@ def test_files_and_lines_are_written_once_checked_first_and_diffed(tmp_path):
     new.chmod(0o644)
     assert files_module(args)["changed_paths"] == [str(new)]
     assert oct(new.stat().st_mode & 0o777) == "0o640"
+
+    # Line ends changed by hand are put back: files are compared as they are.
+    new.write_bytes(b"a = 1\r\n")
+    assert files_module(args)["changed_paths"] == [str(new)]
+    assert new.read_bytes() == b"a = 1\n"
 
 
 def test_lines_in_a_missing_file_fail_and_name_it(tmp_path):
@@ -134,3 +141,24 @@ def test_absent_paths_go_first_a_file_that_fails_its_check_stays_and_links_are_m
     refused = files_module(args)
     assert refused.get("failed") is True and "is not a link" in refused["msg"], refused
     assert site.read_text() == "new\n"
+
+
+def test_its_documentation_reads_and_names_every_option():
+    """ansible-doc reads the module's documentation (YAML that a stray colon breaks), and it
+    names the options the module takes."""
+    library = ROOT / "roles/flaskstack/library"
+    result = subprocess.run(
+        [str(BIN / "ansible-doc"), "--json", "-M", str(library), "flaskstack_files"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)["flaskstack_files"]["doc"]
+    assert sorted(doc["options"]) == ["absent", "files", "lines", "links"]
+    assert sorted(doc["options"]["files"]["suboptions"]) == [
+        "content",
+        "group",
+        "mode",
+        "owner",
+        "path",
+        "validate",
+    ]

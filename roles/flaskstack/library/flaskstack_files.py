@@ -16,22 +16,28 @@ DOCUMENTATION = r"""
 module: flaskstack_files
 short_description: Write many small files and set lines in existing ones, in one run
 description:
-  - The host role's settings are a dozen small files and a few lines in files the
+  - >-
+    The host role's settings are a dozen small files and a few lines in files the
     distribution owns; the app server role's are each app's settings and units; the app,
     nginx, PostgreSQL and Redis roles have their tools' code and settings. One task per
-    file costs a module run each (the template action runs two: stat, then copy or file;
+    file costs a module run each (the template action runs two, stat and then copy or file;
     about half a second on a host, more under load); this module does them all in one,
-    with check mode and diff (of content: owner and mode changes are reported by path).
-  - Each file in O(files) is written whole (atomically: a temporary file in the same
+    with check mode and diff (of content, links and removals; owner and mode changes are
+    reported by path). Files are read and written as they are, with no newline
+    translation (a file changed to CRLF line ends by hand is put back).
+  - >-
+    Each file in O(files) is written whole (atomically: a temporary file in the same
     folder, then renamed), with the given owner, group and mode, its missing parent
     folders made root's with mode 0755.
-  - Each entry of O(lines) works as M(ansible.builtin.lineinfile) with O(regexp) and
+  - >-
+    Each entry of O(lines) works as M(ansible.builtin.lineinfile) with O(regexp) and
     O(line) does: the last line that matches is replaced, or the line is added at the end.
-  - In this order: the paths in O(absent) are removed, the files written (each that
+  - >-
+    In this order: the paths in O(absent) are removed, the files written (each that
     changes validated first, when it has a command to), the O(links) made.
 options:
   absent:
-    description: Files or links removed (not folders).
+    description: Files or links removed (a folder is an error).
     type: list
     elements: path
     default: []
@@ -44,8 +50,12 @@ options:
       path: {description: Absolute path., type: path, required: true}
       content: {description: The whole content., type: str, required: true}
       mode: {description: Octal mode as a string., type: str, default: "0644"}
-      owner: {description: The file's owner (a name)., type: str, default: root}
-      group: {description: The file's group (a name)., type: str, default: root}
+      owner:
+        description: The file's owner (a name); one that does not exist fails the run, and in
+          check mode is only reported (a run would have made an app's user by then).
+        type: str
+        default: root
+      group: {description: "The file's group (a name), as O(files[].owner).", type: str, default: root}
       validate:
         description:
           - A command run on the new content before it replaces the file (C(%s), its
@@ -66,7 +76,7 @@ options:
     elements: dict
     default: []
     suboptions:
-      path: {description: An existing file., type: path, required: true}
+      path: {description: An existing file (or one of O(files))., type: path, required: true}
       regexp: {description: The line to replace (Python regular expression)., type: str, required: true}
       line: {description: The line it becomes., type: str, required: true}
 author: flaskstack
@@ -87,13 +97,13 @@ changed_paths:
   description: The files and links this run wrote or removed, or would (in check mode).
   type: list
   elements: str
-  returned: always
+  returned: success
 """
 
 
 def _read(path):
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8", newline="") as handle:
             return handle.read()
     except FileNotFoundError:
         return None
@@ -114,7 +124,7 @@ def _make_parents(path):
 def _write(module, path, content, attrs, validate):
     tmp_fd, tmp_path = tempfile.mkstemp(prefix=".flaskstack-", dir=os.path.dirname(path))
     try:
-        with os.fdopen(tmp_fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(tmp_fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(content)
         os.chown(tmp_path, attrs[1], attrs[2])
         os.chmod(tmp_path, attrs[0])
