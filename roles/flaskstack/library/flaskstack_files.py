@@ -131,8 +131,7 @@ def _write(module, path, content, attrs, validate):
         if validate:
             argv = [arg.replace("%s", tmp_path) for arg in shlex.split(validate)]
             rc, out, err = module.run_command(argv)
-            if rc != 0:
-                os.unlink(tmp_path)
+            if rc != 0:  # the temporary file goes below, as on any other failure
                 module.fail_json(
                     msg=f"{path} failed to validate (rc {rc}), left as it was: {(err or out).strip()}"
                 )
@@ -189,7 +188,10 @@ def main():
 
     wanted = {}  # path -> (content, (mode, owner's id, group's id), or None to keep them)
     validates = {}  # path -> its validate command, if any
+    # Everything that would stop the run half-way is refused before anything changes.
     for entry in module.params["files"]:
+        if entry["validate"] is not None and "%s" not in entry["validate"]:
+            module.fail_json(msg=f"{entry['path']}: its validate command has no %s (the new content's path)")
         ids = []
         for kind, find in (
             ("owner", lambda name: pwd.getpwnam(name).pw_uid),
@@ -218,10 +220,6 @@ def main():
         attrs = wanted[path][1] if path in wanted else None
         wanted[path] = (_set_lines(before, file_edits), attrs)
 
-    # What would stop the run half-way is refused before anything changes.
-    for entry in module.params["files"]:
-        if entry["validate"] is not None and "%s" not in entry["validate"]:
-            module.fail_json(msg=f"{entry['path']}: its validate command has no %s (the new content's path)")
     for path in module.params["absent"]:
         if os.path.isdir(path) and not os.path.islink(path):
             module.fail_json(msg=f"{path} is a folder: only files and links are removed")
