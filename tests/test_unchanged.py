@@ -65,12 +65,18 @@ def digest(tmp_path, variables=None, **more):
         "defaults": {"exclude": [".git", "instance"]},
         **more,
     }
-    return unchanged.inputs_digest(hostvars, **args)
+    return unchanged.digests(hostvars, **args)
 
 
 def test_the_digest_changes_with_what_a_run_is_given_and_only_with_that(tmp_path):
+    """Both digests (the inputs, and the provision digest: the same but for the apps' code)
+    change with what the run is given; the app's code changes the first only."""
     base = digest(tmp_path)
     assert base == digest(tmp_path)
+
+    def both_differ(found: dict) -> bool:
+        return found["inputs"] != base["inputs"] and found["provision"] != base["provision"]
+
     # How the run is made, the shortcut's own settings and a task's private facts: the same run.
     for name, value in [
         ("ansible_verbosity", 3),
@@ -81,26 +87,30 @@ def test_the_digest_changes_with_what_a_run_is_given_and_only_with_that(tmp_path
     ]:
         assert digest(tmp_path, {name: value}) == base, name
     # A variable (from the inventory, -e, a lookup), an address in the cluster, another host's
-    # apps (the inventory's checks compare a load balancer's with an app host's), a group.
-    assert digest(tmp_path, {"nginx_worker_connections": 2048}) != base
-    assert digest(tmp_path, {"ansible_port": 2200}) != base
-    assert digest(tmp_path, others={"demo": ["10.0.0.5", ["hello"]]}) != base
-    assert digest(tmp_path, others={"demo": ["", ["hello"]], "lb": ["", ["hello", "other"]]}) != base
-    assert digest(tmp_path, groups={"flaskstack": ["demo", "app2"]}) != base
+    # apps (the inventory's checks compare a load balancer's with an app host's), a group, the
+    # project's own code.
+    assert both_differ(digest(tmp_path, {"nginx_worker_connections": 2048}))
+    assert both_differ(digest(tmp_path, {"ansible_port": 2200}))
+    assert both_differ(digest(tmp_path, others={"demo": ["10.0.0.5", ["hello"]]}))
+    assert both_differ(digest(tmp_path, others={"demo": ["", ["hello"]], "lb": ["", ["hello", "other"]]}))
+    assert both_differ(digest(tmp_path, groups={"flaskstack": ["demo", "app2"]}))
+    assert both_differ(digest(tmp_path, project={**unchanged.project_digest(), "roles": "another"}))
     # A variable this run cannot template counts by its error, and does not stop the run.
     broken = digest(tmp_path, {"half_made": KeyError("nope")})
-    assert broken not in (base, digest(tmp_path, {"half_made": "value"}))
+    assert both_differ(broken) and broken != digest(tmp_path, {"half_made": "value"})
     # Nor one whose inner value fails as it is read (Ansible templates nested values lazily).
     assert digest(tmp_path, {"half_made": {"inner": Unreadable(x=1)}}) == broken
-    # The app's source (not what it excludes) and the inventory's folder.
+    # The app's source (not what it excludes): the inputs only. The inventory's folder: both.
     (tmp_path / "app" / "instance").mkdir()
     (tmp_path / "app" / "instance" / "dev.db").write_text("local data")
     assert digest(tmp_path) == base
     (tmp_path / "app" / "hello.py").write_text("app = 2\n")
     changed_app = digest(tmp_path)
-    assert changed_app != base
+    assert changed_app["inputs"] != base["inputs"] and changed_app["provision"] == base["provision"]
     (tmp_path / "inventory" / "hosts.yml").write_text("flaskstack: {hosts: {demo: {ansible_port: 22}}}\n")
-    assert digest(tmp_path) != changed_app
+    changed_inventory = digest(tmp_path)
+    assert changed_inventory["inputs"] != changed_app["inputs"]
+    assert changed_inventory["provision"] != changed_app["provision"]
 
 
 def test_the_filter_digests_what_the_checks_read_of_the_other_hosts():
@@ -117,7 +127,8 @@ def test_the_filter_digests_what_the_checks_read_of_the_other_hosts():
             "app1": Vars({"flaskstack_apps": list(apps)}),
             "lb": Vars({"flaskstack_apps": lb_apps, "flaskstack_private_address": lb_address}),
         }
-        return filters.inputs(hostvars, "app1", groups, str(ROOT / "inventory/local"), list(apps), defaults)
+        found = filters.inputs(hostvars, "app1", groups, str(ROOT / "inventory/local"), list(apps), defaults)
+        return found["inputs"]
 
     base = digest([app])
     assert base and base == digest([app])
@@ -154,14 +165,15 @@ def test_every_hosts_digest_made_at_once_is_each_hosts_own():
     assert found["app1"] == filters.inputs(hostvars, "app1", groups, inventory, [app], defaults)
     assert found["app2"] == filters.inputs(hostvars, "app2", groups, inventory, [app], own_defaults)
     assert found["app2"] != filters.inputs(hostvars, "app2", groups, inventory, [app], defaults)
-    assert found["app3"] == ""
+    assert found["app3"] == filters.NONE == {"inputs": "", "provision": ""}
     assert found["lb"] == filters.inputs(hostvars, "lb", groups, inventory, [app], defaults)
-    assert len({found["app1"], found["app2"], found["lb"]}) == 3
+    assert len({found[host]["inputs"] for host in ("app1", "app2", "lb")}) == 3
     # A host with no apps of its own takes the role's (none), as the role would.
     hostvars["db"] = Vars({"inventory_dir": inventory})
     groups["flaskstack_db"] = ["db"]
     found = filters.inputs_by_host(hostvars, ["db"], groups, role_defaults)
-    assert found["db"] == filters.inputs(hostvars, "db", groups, inventory, [], defaults) != ""
+    assert found["db"] == filters.inputs(hostvars, "db", groups, inventory, [], defaults)
+    assert found["db"]["inputs"] and found["db"]["provision"]
     # As the task on app1 sees them: the same. Apps hostvars cannot see (a play's vars): no
     # digest for any host, so none is skipped.
     every = ["app1", "app2", "lb"]
@@ -173,12 +185,12 @@ def test_every_hosts_digest_made_at_once_is_each_hosts_own():
     # the others theirs (counting its apps by their error): its own checks say what is wrong.
     broken = {**hostvars, "lb": Vars({**hostvars["lb"], "flaskstack_apps": KeyError("vault_lb_only")})}
     found = filters.inputs_by_host(broken, every, groups, role_defaults)
-    assert found["lb"] == "" and found["app1"] and found["app2"], found
+    assert found["lb"] == filters.NONE and found["app1"]["inputs"] and found["app2"]["inputs"], found
     play_vars = {**seen, "flaskstack_apps": [app, sample_app("other")]}
     assert filters.inputs_by_host(hostvars, every, groups, role_defaults, here="app1", seen=play_vars) == {
-        "app1": "",
-        "app2": "",
-        "lb": "",
+        "app1": filters.NONE,
+        "app2": filters.NONE,
+        "lb": filters.NONE,
     }
 
 
@@ -342,11 +354,154 @@ def test_unit_states_are_read_in_one_call_and_say_what_changed():
 
 
 def test_the_apps_folders_come_from_the_app_model(tmp_path):
-    """Where the record reads each app: the model's layout (another root here) and config files."""
+    """Where the record reads each app: the model's layout (another root here) and config files,
+    marked as the deploy plays' (a difference there alone skips the provision play only)."""
     layout = unchanged.model.Layout(root="/opt/apps", config_dir="/etc/apps", run_dir="/run/apps")
     apps = [{"name": "hello", "config_files": [{"path": "instance/config.py", "python": {}}]}]
     found = unchanged.state_paths(apps, {"shared_dirs": ["instance"]}, layout)
     assert {"path": "/opt/apps", "depth": 1, "content": False} in found
-    assert {"path": "/opt/apps/hello/releases", "depth": 1, "content": False} in found
-    assert {"path": "/opt/apps/hello/shared/instance/config.py"} in found
+    assert {"path": "/opt/apps/hello/releases", "depth": 1, "content": False, "deploy": True} in found
+    assert {"path": "/opt/apps/hello/shared/instance/config.py", "deploy": True} in found
     assert found[0]["path"] == "/etc" and "resolv.conf" in found[0]["exclude"]
+    assert [spec["path"] for spec in found if not spec.get("deploy")] == [
+        *(spec["path"] for spec in unchanged.HOST_PATHS),
+        "/opt/apps",
+    ]
+    # The deepest path an entry lies under decides whose it is: an app's home and what is in
+    # it are the app's; the root itself, a folder beside the homes, a home whose name starts
+    # with another's, and the host's own paths (even under the root) are not.
+    found.append({"path": "/opt/apps/dpkg/status"})
+    for path, deployed in [
+        ("/opt/apps/hello", True),
+        ("/opt/apps/hello/current", True),
+        ("/opt/apps/hello/releases/aaa", True),
+        ("/opt/apps", False),
+        ("/opt/apps/backups", False),
+        ("/opt/apps/hello2", False),
+        ("/opt/apps/dpkg/status", False),
+        ("/etc/nginx/nginx.conf", False),
+        ("/elsewhere", False),
+    ]:
+        assert state_module.deployed(path, found) is deployed, path
+
+
+def test_only_the_apps_code_and_folders_changed_skips_the_provision_play_only(tmp_path):
+    """The record holds the provision digest too (everything but the apps' code): a run whose
+    provision digest is the record's, on a host that differs only under the paths marked
+    deploy (a new release, another one live), is not unchanged (the deploy plays run every
+    task, and the record is gone first) but provision_unchanged; any other difference, or
+    another provision digest, and every task runs."""
+    etc, app = tmp_path / "etc", tmp_path / "srv" / "hello"
+    (app / "releases" / "aaa").mkdir(parents=True)
+    etc.mkdir()
+    (etc / "site.conf").write_text("server {}\n")
+    (app / "current").symlink_to(app / "releases" / "aaa")
+    record = tmp_path / "lib" / "last-run.json"
+    args = {
+        "inputs": "code1",
+        "provision_inputs": "prov1",
+        "record": str(record),
+        "paths": [
+            {"path": str(etc)},
+            {"path": str(app), "depth": 1, "content": False, "deploy": True},
+            {"path": str(app / "releases"), "depth": 1, "content": False, "deploy": True},
+            {"path": str(record.parent)},
+        ],
+    }
+
+    def after_a_complete_run(**changed) -> dict:
+        assert run_module({**args, "write": True})["reason"] == "recorded"
+        assert json.loads(record.read_text())["provision_inputs"] == "prov1"
+        said = run_module({**args, **changed})
+        assert said["unchanged"] is True or not record.exists(), said
+        return said
+
+    same = after_a_complete_run()
+    assert (same["unchanged"], same["provision_unchanged"]) == (True, False)
+    # New code: the deploy plays run; the host is as recorded.
+    code = after_a_complete_run(inputs="code2")
+    assert (code["unchanged"], code["provision_unchanged"]) == (False, True), code
+    assert code["reason"] == "as the last complete run left it, but for the code and releases of its apps"
+    # New code, and a release a fab deploy put live since.
+    run_module({**args, "write": True})
+    (app / "releases" / "bbb").mkdir()
+    (app / "current").unlink()
+    (app / "current").symlink_to(app / "releases" / "bbb")
+    fab = run_module({**args, "inputs": "code2"})
+    assert (fab["unchanged"], fab["provision_unchanged"]) == (False, True), fab
+    assert f"{app / 'current'} changed" in fab["reason"]
+    assert f"{app / 'releases' / 'bbb'} is new" in fab["reason"]
+    # The same inputs and a fab deploy since: only the deploy plays, to put the inventory's back.
+    assert run_module({**args, "write": True})["reason"] == "recorded"
+    (app / "current").unlink()
+    (app / "current").symlink_to(app / "releases" / "aaa")
+    back = run_module(args)
+    assert (back["unchanged"], back["provision_unchanged"]) == (False, True), back
+    # Anything the provision play writes, or its inputs: every task runs.
+    for change, more in [
+        (lambda: (etc / "site.conf").write_text("server { listen 81; }\n"), {"inputs": "code2"}),
+        (lambda: None, {"inputs": "code2", "provision_inputs": "prov2"}),
+        (lambda: None, {"inputs": "code2", "provision_inputs": ""}),
+    ]:
+        assert run_module({**args, "write": True})["reason"] == "recorded"
+        change()
+        said = run_module({**args, **more})
+        assert (said["unchanged"], said["provision_unchanged"]) == (False, False), said
+        assert not record.exists()
+        (etc / "site.conf").write_text("server {}\n")
+    # A record made without a provision digest (before it existed) never skips provisioning.
+    assert run_module({**args, "provision_inputs": "", "write": True})["reason"] == "recorded"
+    assert "provision_inputs" not in json.loads(record.read_text())
+    said = run_module({**args, "inputs": "code2"})
+    assert (said["unchanged"], said["provision_unchanged"]) == (False, False), said
+    # A record's age counts from when the provision play last ran: the comparison that skips
+    # it answers when that was, the run's record keeps it, and once it is older than max_age
+    # every task runs, whether the host is as recorded or has new code.
+    assert run_module({**args, "write": True})["reason"] == "recorded"
+    first = json.loads(record.read_text())
+    assert first["provisioned_at"] == first["at"]
+    code = run_module({**args, "inputs": "code2"})
+    assert code["provision_unchanged"] is True and code["provisioned_at"] == first["at"]
+    run_module({**args, "inputs": "code2", "write": True, "provisioned_at": first["at"] - 7200})
+    second = json.loads(record.read_text())
+    assert second["provisioned_at"] == first["at"] - 7200 and second["at"] >= first["at"]
+    for given in ({"inputs": "code2"}, {"inputs": "code3"}):
+        run_module({**args, "inputs": "code2", "write": True, "provisioned_at": first["at"] - 7200})
+        said = run_module({**args, **given, "max_age": 600})
+        assert (said["unchanged"], said["provision_unchanged"]) == (False, False), said
+        assert said["reason"].startswith("the host was last provisioned 2 h ago ("), said
+    # With the shortcut off, nothing is skipped.
+    run_module({**args, "write": True})
+    off = run_module({**args, "inputs": "code2", "compare": False})
+    assert (off["unchanged"], off["provision_unchanged"]) == (False, False)
+
+
+def test_the_provision_digest_leaves_out_the_apps_code_and_where_it_lies(tmp_path):
+    """The provision digest is the inputs' but for each app's code: another source tree, or the
+    same code in another folder, changes the inputs only; what the app model reads of the
+    source (here, requirements that pin the app server) changes both."""
+    defaults, app = app_defaults(), sample_app("hello")
+    src = tmp_path / "src"
+    shutil.copytree(app["src"], src, ignore=shutil.ignore_patterns("__pycache__", "instance", "tests"))
+    here = {**app, "src": str(src)}
+    groups = {"flaskstack": ["app1"]}
+    inventory = str(ROOT / "inventory/local")
+
+    def both(apps):
+        hostvars = {"app1": Vars({"flaskstack_apps": apps})}
+        return filters.inputs(hostvars, "app1", groups, inventory, apps, defaults)
+
+    base = both([here])
+    assert base["inputs"] and base["provision"]
+    template = src / "hello" / "templates" / "index.html"
+    template.write_text(template.read_text() + "<!-- new code -->\n")
+    code = both([here])
+    assert code["inputs"] != base["inputs"] and code["provision"] == base["provision"]
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(src, moved)
+    assert both([{**here, "src": str(moved)}])["provision"] == base["provision"]
+    assert both([{**here, "server_names": ["other.test"]}])["provision"] != base["provision"]
+    requirements = src / "requirements.txt"
+    requirements.write_text(requirements.read_text() + "gunicorn==23.0.0\n")
+    pinned = both([here])
+    assert pinned["provision"] != base["provision"] and pinned["inputs"] != code["inputs"]

@@ -14,13 +14,19 @@ only module a run with nothing to do ran. Standard library only.
 
 Arguments (one JSON object):
   inputs    the control node's digest of this run's inputs (required)
+  provision_inputs
+            the same but for the apps' code (flaskstack/unchanged.py; default none)
   record    where the record is kept, root's only (required)
   write     record this state with the inputs instead of comparing (default false)
+  provisioned_at
+            with write: when the provision play last ran, if this run skipped it (the
+            provisioned_at that the comparison answered); default now
   compare   compare with the record; false (every task runs anyway) only removes it (default true)
   max_age   seconds a record stays good, 0 never (default 86400)
   paths     files and folders whose entries make up the state: [{path (a glob: each match),
             content (digest each file, default true), depth (-1 all the way), exclude
-            (names, globs, left out anywhere under it)}]
+            (names, globs, left out anywhere under it), deploy (the deploy plays write it:
+            the apps' folders; an entry belongs to the deepest path it lies under)}]
   units     more units whose ActiveState is part of the state (besides every unit enabled
             under /etc/systemd/system)
   commands  commands (argv lists) whose output is part of the state; an absent program counts
@@ -31,7 +37,12 @@ output) and per kernel setting named in the sysctl.d files under paths (its live
 
 It prints one line of JSON: unchanged (never with write), reason (why not, the first few
 differences, or when it was recorded), entries, and record_kept: true when every task must
-run but the record could not be removed first (the task fails on it). A host that is not
+run but the record could not be removed first (the task fails on it). provision_unchanged:
+true when the host is not unchanged, but only in its apps' code (the provision inputs are the
+record's) and only in the paths marked deploy: the provision play is skipped, the deploy
+plays run; provisioned_at then says when the provision play last ran, for the record that
+run writes. A record's age (max_age) counts from then: a host that only ever gets new code
+is still provisioned again once max_age has passed. A host that is not
 unchanged (or with compare false, any host) loses its record, before the run changes
 anything: a run stopped half-way, killed or failed, leaves no record behind, and the next
 run runs every task whatever the host looks like.
@@ -204,14 +215,28 @@ def differences(recorded, now, limit=5):
     return said
 
 
-def compare(record, inputs, now, max_age, clock=time.time):
-    """(unchanged, reason) of this state against the record (a dict, or None)."""
+def provisioned_at(record):
+    """When the provision play last ran on the host: the record's run, unless that run skipped
+    it (then the run before, and so on)."""
+    return record.get("provisioned_at", record.get("at", 0))
+
+
+def untrusted(record, max_age, clock=time.time):
+    """Why the record cannot be compared with at all, or None."""
     if not record or record.get("version") != VERSION:
-        return False, "no record of a complete run on this host"
-    age = clock() - record.get("at", 0)
+        return "no record of a complete run on this host"
+    age = clock() - provisioned_at(record)
     if max_age and age > max_age:
         hours = int(age // 3600)
-        return False, f"the last complete run was {hours} h ago (flaskstack_skip_unchanged_for: {max_age} s)"
+        return f"the host was last provisioned {hours} h ago (flaskstack_skip_unchanged_for: {max_age} s)"
+    return None
+
+
+def compare(record, inputs, now, max_age, clock=time.time):
+    """(unchanged, reason) of this state against the record (a dict, or None)."""
+    why = untrusted(record, max_age, clock)
+    if why:
+        return False, why
     if not inputs:
         return False, (
             "no digest of this run's inputs (the app model refused them, they could not be read, "
@@ -229,6 +254,29 @@ def compare(record, inputs, now, max_age, clock=time.time):
     return True, f"as the last complete run left it ({when}), with the same inputs"
 
 
+def deployed(path, paths):
+    """Whether an entry of the state belongs to a path marked deploy: the deepest of the paths
+    (globs) it is or lies under decides (an app's home under the apps' root is the app's; a
+    folder beside the homes is not)."""
+    found = [
+        spec for spec in paths
+        if any(fnmatch.fnmatchcase(path, root) for root in (spec["path"], spec["path"].rstrip("/") + "/*"))
+    ]  # fmt: skip
+    return bool(found) and bool(max(found, key=lambda spec: len(spec["path"])).get("deploy"))
+
+
+def provision_unchanged(record, provision_inputs, now, paths, max_age, clock=time.time):
+    """Whether only the apps' code and folders differ from the record: the provision inputs
+    are the record's, and every difference in the state belongs to a path marked deploy.
+    Called when the host is not unchanged."""
+    if untrusted(record, max_age, clock) or not provision_inputs:
+        return False
+    if record.get("provision_inputs") != provision_inputs:
+        return False
+    recorded = record.get("state", {})
+    return all(recorded.get(key) == now.get(key) or deployed(key, paths) for key in set(recorded) | set(now))
+
+
 def read_record(path):
     try:
         with open(path, encoding="utf-8") as handle:
@@ -237,10 +285,15 @@ def read_record(path):
         return None
 
 
-def write_record(path, inputs, now, clock=time.time):
+def write_record(path, inputs, now, clock=time.time, provision_inputs="", provisioned=None):
     fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".last-run.")
+    at = clock()
+    record = {"version": VERSION, "at": at, "inputs": inputs, "state": now}
+    record["provisioned_at"] = provisioned or at
+    if provision_inputs:
+        record["provision_inputs"] = provision_inputs
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"version": VERSION, "at": clock(), "inputs": inputs, "state": now}, handle, sort_keys=True)
+        json.dump(record, handle, sort_keys=True)
     os.chmod(temporary, 0o600)
     os.replace(temporary, path)
 
@@ -288,14 +341,32 @@ def answer(args):
         # one the next run finds (on a host's first run, the folder is new).
         os.makedirs(os.path.dirname(record), mode=0o755, exist_ok=True)
         now = state(run, paths, units, commands)
-        write_record(record, args["inputs"], now)
+        write_record(
+            record,
+            args["inputs"],
+            now,
+            provision_inputs=args.get("provision_inputs", ""),
+            provisioned=args.get("provisioned_at"),
+        )
         return {"unchanged": False, "reason": "recorded", "entries": len(now)}
-    unchanged, reason, entries = False, "flaskstack_skip_unchanged is off", 0
+    unchanged, reason, entries, provision = False, "flaskstack_skip_unchanged is off", 0, False
+    provisioned = None
     if args.get("compare", True):
         try:
             now = state(run, paths, units, commands)
-            unchanged, reason = compare(read_record(record), args["inputs"], now, args.get("max_age", 86400))
+            found, max_age = read_record(record), args.get("max_age", 86400)
+            unchanged, reason = compare(found, args["inputs"], now, max_age)
             entries = len(now)
+            provision = not unchanged and provision_unchanged(
+                found, args.get("provision_inputs", ""), now, paths, max_age
+            )
+            if provision:
+                provisioned = provisioned_at(found)
+                # (No apostrophe: the message is shown as YAML, which would double it.)
+                said = differences(found.get("state", {}), now)
+                reason = "as the last complete run left it, but for the code and releases of its apps" + (
+                    f" ({'; '.join(said)})" if said else ""
+                )
         except Exception as exc:  # noqa: BLE001 - a host that cannot be read gets every task
             reason = f"its state could not be read ({type(exc).__name__}: {exc})"
     if not unchanged:
@@ -308,7 +379,8 @@ def answer(args):
                 "reason": f"every task must run on this host, but the record of its last complete run "
                 f"({record}) could not be removed first: {exc}",
             }
-    return {"unchanged": unchanged, "reason": reason, "entries": entries}
+    said = {"unchanged": unchanged, "provision_unchanged": provision, "reason": reason, "entries": entries}
+    return {**said, "provisioned_at": provisioned} if provision else said
 
 
 if __name__ == "__main__":

@@ -83,15 +83,19 @@ def _others(hostvars, groups):
     }
 
 
+# No digest: every task runs.
+NONE = {"inputs": "", "provision": ""}
+
+
 def inputs(hostvars, host, groups, inventory_dir, apps, defaults, others=None, project=None):
-    """One digest of what this run is given for host (flaskstack/unchanged.py), or "" for
-    apps the app model refuses: made before the inventory's checks (tasks/main.yml), it
-    leaves saying what is wrong to them, and "" never matches a record and is never
-    recorded. others and project: what every host's digest shares, made once by
-    inputs_by_host."""
+    """The digests of what this run is given for host (flaskstack/unchanged.py: inputs and
+    provision), or "" for both for apps the app model refuses: made before the inventory's
+    checks (tasks/main.yml), it leaves saying what is wrong to them, and "" never matches a
+    record and is never recorded. others and project: what every host's digest shares, made
+    once by inputs_by_host."""
     if not isinstance(apps, list) or model.app_errors(list(apps), dict(defaults), base_dir=inventory_dir):
-        return ""
-    return unchanged.inputs_digest(
+        return dict(NONE)
+    return unchanged.digests(
         hostvars[host],
         groups,
         _others(hostvars, groups) if others is None else others,
@@ -123,7 +127,7 @@ def inputs_by_host(hostvars, hosts, groups, role_defaults, here=None, seen=None)
         != unchanged.templated(lambda value=value: value)
         for name, value in (seen or {}).items()
     ):
-        return dict.fromkeys(hosts, "")
+        return {host: dict(NONE) for host in hosts}
     others, project = _others(hostvars, groups), unchanged.project_digest()
     found = {}
     for host in hosts:
@@ -139,7 +143,7 @@ def inputs_by_host(hostvars, hosts, groups, role_defaults, here=None, seen=None)
                 project=project,
             )
         except Exception:  # noqa: BLE001 - any error templating this host's apps: its checks name it
-            found[host] = ""
+            found[host] = dict(NONE)
     return found
 
 
