@@ -12,6 +12,9 @@ Against the demo target over SSH:
   fab rollback                back to the previous release
   fab deploy, new requirement the wheelhouse is rebuilt and uploaded, the venv installed
   ansible-playbook site.yml   a full run that puts the inventory's release back
+  ansible-playbook site.yml   new code for the app and nothing else (its source in another
+                              folder, given with -e): the provision play skipped, the
+                              deploy plays run
   through nginx / direct      requests per second of GET /healthz through nginx, over those
                               of a twin gunicorn (same config, same workers, same release)
                               on a TCP port, both measured by wrk inside the target
@@ -51,6 +54,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from appvariants import adds_requirement, variant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +69,9 @@ BACK = ["-e", "app_allow_older=true"]
 # Every task, as without flaskstack_skip_unchanged (the cost it saves).
 EVERY_TASK = ["-e", "flaskstack_skip_unchanged=false"]
 DEMO = "flaskstack-demo"
+# The demo's apps as its inventory gives them (a code-only site.yml run gives them with -e,
+# the first app's source in another folder: Ansible templates them as it does the inventory's).
+APPS = yaml.safe_load((ROOT / "inventory/local/group_vars/flaskstack.yml").read_text())["flaskstack_apps"]
 # The twin gunicorn's port inside the demo target (nothing is published on it).
 TWIN_PORT = 8099
 # The twin with many apps on one host.
@@ -78,7 +86,8 @@ Row = tuple[str, list[float], float | None]
 USER_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def timed(argv: list[str], timeout: float = 900) -> float:
+def timed(argv: list[str], timeout: float = 900, says: str = "") -> float:
+    """Seconds a command took; it must succeed, and say `says` if given (what the row times)."""
     start = time.monotonic()
     result = subprocess.run(
         argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False, env=USER_ENV
@@ -86,6 +95,8 @@ def timed(argv: list[str], timeout: float = 900) -> float:
     took = time.monotonic() - start
     if result.returncode != 0:
         sys.exit(f"{' '.join(argv)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    if says not in " ".join(result.stdout.split()):
+        sys.exit(f"{' '.join(argv)} did not say {says!r}:\n{result.stdout[-3000:]}")
     return took
 
 
@@ -239,6 +250,19 @@ def main() -> int:
             if n < args.runs - 1:  # put a fab release live again, so the next run has a switch to make
                 timed([*deploy, last])
         rows.append(("ansible-playbook site.yml, full deploy", full, None))
+        # New code alone, after a complete run given the same but for the code: the first run
+        # below runs every task (the run above was given -e app_allow_older), and records.
+        given = work / "apps.json"
+        apps = [{**APPS[0], "src": str(variant(work, f"site-{stamp}-first"))}, *APPS[1:]]
+        given.write_text(json.dumps({"flaskstack_apps": apps}))
+        timed([PLAYBOOK, "site.yml", "-i", "inventory/local", "-e", f"@{given}"])
+        code_site = []
+        for n in range(args.runs):
+            apps[0] = {**APPS[0], "src": str(variant(work, f"site-{stamp}-{n}"))}
+            given.write_text(json.dumps({"flaskstack_apps": apps}))
+            argv = [PLAYBOOK, "site.yml", "-i", "inventory/local", "-e", f"@{given}"]
+            code_site.append(timed(argv, says="Provisioning skipped: this host is"))
+        rows.append(("ansible-playbook site.yml, code only", code_site, None))
         if args.apps:
             rows += many_apps(work, args.apps, args.runs, statistics.median(nothing), stamp)
         if cluster_up():
