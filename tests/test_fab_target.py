@@ -42,6 +42,8 @@ pytestmark = pytest.mark.target
 # Release ids are content hashes: a label of this run's own makes every variant a new release,
 # even on a demo target that earlier runs left releases on.
 RUN = uuid.uuid4().hex[:8]
+# The record of the last complete site.yml run (flaskstack_skip_unchanged).
+RECORD = "/var/lib/flaskstack/last-run.json"
 
 
 def fab(*args: str) -> subprocess.CompletedProcess:
@@ -514,6 +516,7 @@ def test_a_second_app_added_under_load_leaves_the_first_alone(demo, tmp_path):
     # need a complete run of every task first): the provision play is skipped for the host (no
     # role of it runs), the deploy plays put the new release live, and the run records, so
     # the next, given the same, has nothing to do.
+    provisioned = json.loads(on_target(f"cat {RECORD}").stdout)["provisioned_at"]
     label = f"code-only-{RUN}"
     new_code = {**group_vars["flaskstack_apps"][0], "src": str(variant(tmp_path, label))}
     apps.write_text(json.dumps({"flaskstack_apps": [new_code, *group_vars["flaskstack_apps"][1:], app]}))
@@ -524,6 +527,9 @@ def test_a_second_app_added_under_load_leaves_the_first_alone(demo, tmp_path):
     assert f"Provisioning skipped: {said}" in flat, result.output[-3000:]
     assert "TASK [nginx :" not in result.output and "TASK [base :" not in result.output
     assert "TASK [app : activate" in result.output and label in page()
+    # The record's age still counts from the run that provisioned the host.
+    record = json.loads(on_target(f"cat {RECORD}").stdout)
+    assert record["provisioned_at"] == provisioned < record["at"], record["at"]
     again = run(str(BIN / "ansible-playbook"), "site.yml", "-e", f"@{apps}")
     assert again.returncode == 0, again.output[-3000:]
     assert "Nothing to do: this host is as the last complete run left it" in " ".join(again.output.split())
