@@ -192,11 +192,13 @@ def test_a_second_run_changes_nothing(cluster):
         assert on_target("test ! -e /srv/hello", port=port, check=False).returncode == 0
 
 
-def test_the_next_run_skips_each_host_as_it_was_left_and_only_those(cluster):
+def test_the_next_run_skips_each_host_as_it_was_left_and_only_those(cluster, tmp_path):
     """After a complete run, the next finds each of the six hosts as it left them and skips
     them all, in one message (every host's digest is made at once, on the control node); a
-    host changed by hand since then (app2) gets every task, and the other five are skipped."""
-    said = re.compile(r"(\w+): '(Nothing to do|Every task runs): ([^']*(?:''[^']*)*)'")
+    host changed by hand since then (app2) gets every task, and the other five are skipped.
+    Then new code alone: every host skips the provision play (the load balancers and the
+    database host too, in no deploy play, recorded again) and the app hosts switch to it."""
+    said = re.compile(r"(\w+): '(Nothing to do|Every task runs|Provisioning skipped): ([^']*(?:''[^']*)*)'")
 
     def verdicts(output: str) -> dict[str, str]:
         return {host: verdict for host, verdict, _ in said.findall(" ".join(output.split()))}
@@ -218,6 +220,19 @@ def test_the_next_run_skips_each_host_as_it_was_left_and_only_those(cluster):
         assert "/etc/flaskstack-test-by-hand is new" in flat, again.output[-3000:]
         for host in hosts:
             assert re.search(rf"{host}\s*:\s*ok=\d+\s+changed=0", again.output), again.output[-3000:]
+        before = serving()
+        new_code = cluster_vars(tmp_path, variant(tmp_path, f"code-only-{RUN}"))
+        code = run(str(BIN / "ansible-playbook"), "site.yml", "-i", INVENTORY, "-e", f"@{new_code}")
+        assert code.returncode == 0, code.output[-3000:]
+        assert verdicts(code.output) == dict.fromkeys(hosts, "Provisioning skipped"), code.output[-3000:]
+        assert "TASK [nginx :" not in code.output and in_every_pool()
+        now = serving()
+        assert len(set(now.values())) == 1 and not set(now.values()) & set(before.values()), (before, now)
+        for host in ("lb", "lb2", "db"):
+            assert re.search(rf"{host}\s*:\s*ok=\d+\s+changed=0", code.output), code.output[-3000:]
+        # Recorded: the load balancers and the database host are skipped whole next time.
+        nothing = run(str(BIN / "ansible-playbook"), "site.yml", "-i", INVENTORY, "-e", f"@{new_code}")
+        assert verdicts(nothing.output) == dict.fromkeys(hosts, "Nothing to do"), nothing.output[-3000:]
     finally:
         on_target("rm -f /etc/flaskstack-test-by-hand", port=2242)
 
