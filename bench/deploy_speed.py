@@ -250,18 +250,19 @@ def main() -> int:
             if n < args.runs - 1:  # put a fab release live again, so the next run has a switch to make
                 timed([*deploy, last])
         rows.append(("ansible-playbook site.yml, full deploy", full, None))
+
+        def new_code(label: str) -> list[str]:
+            """site.yml given the demo's apps, the first one's source a new copy (label)."""
+            given = work / f"{label}.json"
+            apps = [{**APPS[0], "src": str(variant(work, label))}, *APPS[1:]]
+            given.write_text(json.dumps({"flaskstack_apps": apps}))
+            return [PLAYBOOK, "site.yml", "-i", "inventory/local", "-e", f"@{given}"]
+
         # New code alone, after a complete run given the same but for the code: the first run
         # below runs every task (the run above was given -e app_allow_older), and records.
-        given = work / "apps.json"
-        apps = [{**APPS[0], "src": str(variant(work, f"site-{stamp}-first"))}, *APPS[1:]]
-        given.write_text(json.dumps({"flaskstack_apps": apps}))
-        timed([PLAYBOOK, "site.yml", "-i", "inventory/local", "-e", f"@{given}"])
-        code_site = []
-        for n in range(args.runs):
-            apps[0] = {**APPS[0], "src": str(variant(work, f"site-{stamp}-{n}"))}
-            given.write_text(json.dumps({"flaskstack_apps": apps}))
-            argv = [PLAYBOOK, "site.yml", "-i", "inventory/local", "-e", f"@{given}"]
-            code_site.append(timed(argv, says="Provisioning skipped: this host is"))
+        timed(new_code(f"site-{stamp}-first"))
+        skipped = "Provisioning skipped: this host is"
+        code_site = [timed(new_code(f"site-{stamp}-{n}"), says=skipped) for n in range(args.runs)]
         rows.append(("ansible-playbook site.yml, code only", code_site, None))
         if args.apps:
             rows += many_apps(work, args.apps, args.runs, statistics.median(nothing), stamp)

@@ -173,8 +173,3 @@ def digests(
         "inputs": _hash({**parts, "apps": code}),
         "provision": _hash({**parts, "variables": variables, "apps": read}),
     }
-
-
-def inputs_digest(*args, **kwargs) -> str:
-    """The digest of everything the run is given for this host (digests()' "inputs")."""
-    return digests(*args, **kwargs)["inputs"]
