@@ -82,6 +82,28 @@ def test_host_and_group_vars_change_an_app_per_host(tmp_path):
     assert b.apps[0]["server_packages"] == ["pyuwsgi==2.0.30.post1"]
 
 
+def test_the_role_defaults_lie_beneath_the_inventory_and_are_templated(tmp_path, monkeypatch):
+    """As in a play of the flaskstack role: a default the inventory sets is the inventory's; a
+    default that is a template is rendered (flaskstack_cache_dir reads the environment)."""
+    inventory = tmp_path / "inv"
+    (inventory / "group_vars").mkdir(parents=True)
+    app = {
+        "name": "one",
+        "src": str(ROOT / "app"),
+        "entry_point": "hello:create_app()",
+        "server_names": ["a"],
+    }
+    (inventory / "hosts.yml").write_text(yaml.safe_dump({"flaskstack": {"hosts": {"a": None}}}))
+    group = {"flaskstack_apps": [app], "flaskstack_root": "/opt/apps", "flaskstack_batch": "50%"}
+    (inventory / "group_vars" / "flaskstack.yml").write_text(yaml.safe_dump(group))
+    monkeypatch.setenv("FLASKSTACK_CACHE_DIR", str(tmp_path / "cache"))
+    (host,) = fabfile.load_inventory(str(inventory))
+    assert host.apps[0]["home"] == "/opt/apps/one"
+    assert host.batch == "50%"
+    assert host.cache_dir == tmp_path / "cache"
+    assert host.platforms["x86_64"][0].startswith("manylinux")  # a default the inventory does not set
+
+
 def test_fab_list_and_help_explain_every_task():
     listing = fab("--list")
     assert listing.returncode == 0, listing.stderr
