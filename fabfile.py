@@ -169,9 +169,10 @@ def load_inventory(
     manager = InventoryManager(loader=loader, sources=[inventory])
     variables = VariableManager(loader=loader, inventory=manager)
     # The flaskstack role's defaults, beneath every variable of the inventory, as a play of
-    # the role sees them (its vars/ holds internal constants only, none read here). Read as a
-    # file: loading the role into a play (its tasks and argument specs) took about 0.15 s of
-    # each fab command, for its defaults alone.
+    # the role sees the variables read here. Read as a file: loading the role into a play
+    # (its tasks and argument specs) took about 0.15 s of each fab command, for its defaults
+    # alone. Not here, so not in what fab templates: a play's own variables (ansible_play_hosts
+    # and the like), the role's vars/ (internal constants) and its filter and lookup plugins.
     role_defaults = loader.load_from_file(
         str(ROOT / "roles" / "flaskstack" / "defaults" / "main.yml"), trusted_as_template=True
     )
