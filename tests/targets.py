@@ -31,6 +31,9 @@ HOST_BASELINE_OFF = {"host_baseline": False}
 # A second run that must change nothing runs every task (flaskstack_skip_unchanged off):
 # skipped, it would change nothing whatever the tasks would do.
 EVERY_TASK = ("-e", "flaskstack_skip_unchanged=false")
+# Where a host keeps the record of the last complete site.yml run (flaskstack_skip_unchanged;
+# __flaskstack_record in roles/flaskstack/vars/main.yml).
+RECORD = "/var/lib/flaskstack/last-run.json"
 
 
 def app_defaults() -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.targets import BIN, on_target, run
+from tests.targets import BIN, RECORD, on_target, run
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "http://127.0.0.1:8080"
@@ -112,7 +112,7 @@ def test_a_run_writes_nothing_the_record_leaves_out(demo_runs):
     ).stdout.strip()  # fmt: skip
     find = f"find / -xdev -newermt '{started}' \\( -type f -o -type l \\) -print"
     written = on_target(find).stdout.splitlines()
-    recorded = json.loads(on_target("cat /var/lib/flaskstack/last-run.json").stdout)["state"]
+    recorded = json.loads(on_target(f"cat {RECORD}").stdout)["state"]
     outside = [path for path in written if path and path not in recorded and not LEFT_OUT.match(path)]
     assert outside == []
     assert "/etc/nginx/sites-available/hello.conf" in recorded and "/srv/hello/current" in recorded
@@ -145,8 +145,7 @@ def test_a_run_killed_half_way_leaves_no_record_and_the_next_runs_every_task(dem
     """ansible-playbook killed (SIGKILL, the whole process group) once the host is past the
     comparison: the record is gone before anything could change, so the next run does not
     trust the host to be as the last complete run left it, runs every task and records."""
-    record = "/var/lib/flaskstack/last-run.json"
-    on_target(f"test -f {record}")  # the earlier tests' last run recorded
+    on_target(f"test -f {RECORD}")  # the earlier tests' last run recorded
     argv = [
         str(BIN / "ansible-playbook"),
         "site.yml",
@@ -161,7 +160,7 @@ def test_a_run_killed_half_way_leaves_no_record_and_the_next_runs_every_task(dem
     try:
         deadline = time.monotonic() + 120
         # (on_target fails on an SSH error: only the host's own answer counts as gone)
-        while on_target(f"if test -e {record}; then echo kept; else echo gone; fi").stdout.strip() != "gone":
+        while on_target(f"if test -e {RECORD}; then echo kept; else echo gone; fi").stdout.strip() != "gone":
             assert killed.poll() is None, "the run ended before its record was removed"
             assert time.monotonic() < deadline, "the record is still there 120 s into the run"
             time.sleep(0.2)
@@ -174,7 +173,7 @@ def test_a_run_killed_half_way_leaves_no_record_and_the_next_runs_every_task(dem
     flat = " ".join(result.output.split())
     assert "Every task runs: no record of a complete run on this host." in flat, result.output[-3000:]
     assert changed_count(result.output, "demo") == 0, result.output[-3000:]
-    on_target(f"test -f {record}")
+    on_target(f"test -f {RECORD}")
 
 
 def test_site_answers_from_this_machine(demo_runs):

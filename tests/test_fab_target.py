@@ -31,7 +31,7 @@ from bench.appvariants import (
     variant,
 )
 from bench.traffic import Load
-from tests.targets import on_target, run
+from tests.targets import RECORD, on_target, run
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "http://127.0.0.1:8080"
@@ -42,8 +42,6 @@ pytestmark = pytest.mark.target
 # Release ids are content hashes: a label of this run's own makes every variant a new release,
 # even on a demo target that earlier runs left releases on.
 RUN = uuid.uuid4().hex[:8]
-# The record of the last complete site.yml run (flaskstack_skip_unchanged).
-RECORD = "/var/lib/flaskstack/last-run.json"
 
 
 def fab(*args: str) -> subprocess.CompletedProcess:
